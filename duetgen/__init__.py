@@ -1,0 +1,24 @@
+"""duetgen: a freehand sketch says what and how it is posed; a few words say what colour, texture, style.
+
+The sketch becomes a pseudo-word token spliced into CLIP's text encoder next to the user's words, giving one
+composed query that drives retrieval, scene retrieval, attribute transfer and generation.
+"""
+
+from .version import __version__
+from .errors import CheckpointError, DuetgenError, DuetgenInputError, WeightsUnavailableError
+from .backbones import build_clip, list_backbones, load_clip, register_backbone
+from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding
+
+__all__ = [
+    "__version__",
+    "CheckpointError",
+    "ComposedQueryEncoder",
+    "DuetgenError",
+    "DuetgenInputError",
+    "PhotoEmbedding",
+    "WeightsUnavailableError",
+    "build_clip",
+    "list_backbones",
+    "load_clip",
+    "register_backbone",
+]

@@ -1,0 +1,289 @@
+"""Backbone registry: names that map to an open_clip architecture and a weight source.
+
+A backbone is an open_clip architecture (a built-in open_clip name such as ``"ViT-B-16"`` or a JSON config shipped
+in ``duetgen/backbones/model_configs``) plus where its weights come from:
+
+* nothing (random init, e.g. tests and the embedded model, whose trained weights ship with duetgen),
+* an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``),
+* an ``hf-hub:org/repo`` id,
+* a local checkpoint file (``.safetensors``, or a ``.pt``/``.bin`` read with ``torch.load(weights_only=True)``).
+
+Building a model never downloads. Asking for pretrained weights that are not on this machine raises
+:class:`~duetgen.errors.WeightsUnavailableError` at once unless downloads were allowed, and within a few seconds
+when they were allowed but the network is unreachable.
+
+Example::
+
+    >>> from duetgen.backbones import list_backbones, build_clip
+    >>> "duetgen-tiny" in list_backbones()
+    True
+    >>> clip = build_clip("duetgen-tiny")          # random weights, no download
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, WeightsUnavailableError
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+ALLOW_DOWNLOAD_ENV = "DUETGEN_ALLOW_DOWNLOAD"
+_PROBE_HOST = ("huggingface.co", 443)
+_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry.
+
+    Attributes:
+        name: registry name users type (``--backbone NAME``).
+        arch: open_clip architecture name, or the stem of a JSON file in ``model_configs/``.
+        pretrained: weight source: ``None`` (random), an open_clip tag, ``hf-hub:org/repo`` or a local file path.
+        description: one line for ``duetgen info``.
+    """
+
+    name: str
+    arch: str
+    pretrained: str | None = None
+    description: str = ""
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, arch: str, pretrained: str | None = None, description: str = "") -> BackboneSpec:
+    """Adds (or replaces) a backbone name in the registry and returns its spec."""
+    spec = BackboneSpec(name=name, arch=arch, pretrained=pretrained, description=description)
+    _REGISTRY[name] = spec
+    return spec
+
+
+register_backbone("duetgen-tiny", "duetgen-tiny", None, "tiny random CLIP (32 px, width 32) for tests")
+register_backbone("duetgen-world", "duetgen-world", None, "architecture of the embedded default (64 px ViT, width 192/128)")
+register_backbone("ViT-B-32", "ViT-B-32", None, "open_clip ViT-B/32, random weights")
+register_backbone("ViT-B-32-openai", "ViT-B-32", "openai", "OpenAI CLIP ViT-B/32 (download or local file)")
+register_backbone("ViT-B-16-openai", "ViT-B-16", "openai", "OpenAI CLIP ViT-B/16, the papers' backbone")
+register_backbone("ViT-H-14-laion2b", "ViT-H-14", "laion2b_s32b_b79k", "LAION ViT-H/14, the Stable unCLIP image encoder")
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """Returns the spec of a registered backbone, or of an ``hf-hub:`` id."""
+    if name.startswith("hf-hub:"):
+        return BackboneSpec(name=name, arch=name, pretrained=name, description="open_clip model on the HF hub")
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())} (or 'hf-hub:org/repo')")
+    return _REGISTRY[name]
+
+
+def get_clip_config(arch: str) -> dict:
+    """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``...) of an architecture name.
+
+    Looks in duetgen's own configs first, then open_clip's built-in ones. ``hf-hub:`` configs must already be cached.
+    """
+    local = _CONFIG_DIR / f"{arch}.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if arch.startswith("hf-hub:"):
+        path = _cached_hub_file(arch[len("hf-hub:"):], "open_clip_config.json")
+        if path is None:
+            raise WeightsUnavailableError(_missing_message(arch, arch))
+        return json.loads(Path(path).read_text())["model_cfg"]
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise KeyError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    return copy.deepcopy(cfg)
+
+
+def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
+    """Builds an open_clip ``CLIP`` with random weights from a backbone name or a config dict. Never downloads."""
+    from open_clip.model import CLIP
+
+    if isinstance(name_or_config, dict):
+        cfg = copy.deepcopy(name_or_config)
+    else:
+        spec = get_backbone(name_or_config)
+        cfg = get_clip_config(spec.arch)
+    cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")}
+    if quick_gelu is not None:
+        cfg["quick_gelu"] = quick_gelu
+    return CLIP(**cfg)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def downloads_allowed(allow_download: bool | None = None) -> bool:
+    """Whether a download may be attempted: the argument, else ``DUETGEN_ALLOW_DOWNLOAD=1``; never when HF is offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    if allow_download is not None:
+        return allow_download
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "0") in ("1", "true", "True", "yes")
+
+
+def _network_reachable() -> bool:
+    try:
+        with socket.create_connection(_PROBE_HOST, timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(repo_id: str, filename: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with diffusers
+        return None
+    hit = try_to_load_from_cache(repo_id=repo_id, filename=filename)
+    return hit if isinstance(hit, str) and os.path.isfile(hit) else None
+
+
+def _hub_candidates(arch: str, tag: str) -> list[tuple[str, str]]:
+    """(repo_id, filename) pairs under which open_clip would fetch these weights from the HF hub."""
+    if tag.startswith("hf-hub:"):
+        repo = tag[len("hf-hub:"):]
+        return [(repo, f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")]
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        raise KeyError(f"open_clip has no pretrained tag {tag!r} for {arch!r}; see open_clip.list_pretrained()")
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return []
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = [filename.replace(".bin", ".safetensors").replace("pytorch_model", "model"), filename]
+    return [(repo, f) for f in dict.fromkeys(names)]
+
+
+def _missing_message(name: str, source: str) -> str:
+    return (
+        f"pretrained weights for backbone {name!r} ({source}) are not on this machine and cannot be downloaded now; "
+        f"pass a local weights file (pretrained='/path/to/open_clip_model.safetensors', CLI --weights PATH), "
+        f"or allow the download on a machine with internet (allow_download=True or {ALLOW_DOWNLOAD_ENV}=1)"
+    )
+
+
+def resolve_weights(name: str, pretrained: str | None = None, allow_download: bool | None = None) -> Path | None:
+    """Finds the local file holding a backbone's pretrained weights; downloads only when explicitly allowed.
+
+    Args:
+        name: backbone name (registry name or ``hf-hub:`` id).
+        pretrained: overrides the registry's weight source: a tag, ``hf-hub:`` id or local path.
+        allow_download: permit a download if the file is not cached (default: ``DUETGEN_ALLOW_DOWNLOAD``).
+
+    Returns:
+        The local path, or ``None`` for a backbone with no pretrained weights.
+
+    Raises:
+        WeightsUnavailableError: not cached and downloads are not allowed or the network is unreachable.
+    """
+    spec = get_backbone(name)
+    source = pretrained if pretrained is not None else spec.pretrained
+    if source is None:
+        return None
+    path = Path(os.path.expanduser(str(source)))
+    if path.suffix in (".safetensors", ".pt", ".bin", ".pth") or path.exists():
+        if not path.is_file():
+            raise WeightsUnavailableError(f"weights file for backbone {name!r} not found: '{path}'; check the path")
+        return path
+    candidates = _hub_candidates(spec.arch, source)
+    for repo, filename in candidates:
+        hit = _cached_hub_file(repo, filename)
+        if hit:
+            return Path(hit)
+    if not downloads_allowed(allow_download) or not _network_reachable():
+        raise WeightsUnavailableError(_missing_message(name, f"{spec.arch} + {source}"))
+    import open_clip
+
+    logger.info("downloading weights for %s (%s)", name, source)
+    if source.startswith("hf-hub:"):
+        return Path(open_clip.pretrained.download_pretrained_from_hf(source[len("hf-hub:"):]))
+    return Path(open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, source)))
+
+
+def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Reads an open_clip state dict from a local file without executing code.
+
+    ``.safetensors`` is read directly; other files go through ``torch.load(weights_only=True)``, which refuses
+    arbitrary pickled objects.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad weights file for the user
+        raise CheckpointError(f"cannot read weights file '{path}': {type(err).__name__}: {err}".splitlines()[0]) from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file '{path}' does not hold a state dict (got {type(state).__name__})")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_clip(name: str, pretrained: str | None = None, allow_download: bool | None = None):
+    """Builds a backbone's open_clip ``CLIP`` and loads its pretrained weights (if it has any).
+
+    Returns:
+        ``(clip, config)``: the model (eval mode) and its open_clip config dict.
+    """
+    spec = get_backbone(name)
+    weights = resolve_weights(name, pretrained, allow_download)
+    cfg = get_clip_config(spec.arch)
+    source = pretrained if pretrained is not None else spec.pretrained
+    if source and not source.startswith("hf-hub:") and not Path(os.path.expanduser(source)).exists():
+        import open_clip
+
+        pcfg = open_clip.get_pretrained_cfg(spec.arch, source) or {}
+        if pcfg.get("quick_gelu"):
+            cfg["quick_gelu"] = True
+    clip = build_clip(cfg)
+    if weights is not None:
+        state = load_clip_state_dict(weights)
+        missing, unexpected = clip.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in ("logit_bias",)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights file '{weights}' does not fit backbone {name!r}: "
+                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+    return clip.eval(), cfg
+
+
+__all__ = [
+    "BackboneSpec",
+    "build_clip",
+    "downloads_allowed",
+    "get_backbone",
+    "get_clip_config",
+    "list_backbones",
+    "load_clip",
+    "load_clip_state_dict",
+    "register_backbone",
+    "resolve_weights",
+]
