@@ -7,7 +7,8 @@ composed query that drives retrieval, scene retrieval, attribute transfer and ge
 from .version import __version__
 from .errors import CheckpointError, DuetgenError, DuetgenInputError, WeightsUnavailableError
 from .backbones import build_clip, list_backbones, load_clip, register_backbone
-from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding
+from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding, encoder_from_backbone
+from .loading import load_encoder
 
 __all__ = [
     "__version__",
@@ -18,6 +19,8 @@ __all__ = [
     "PhotoEmbedding",
     "WeightsUnavailableError",
     "build_clip",
+    "encoder_from_backbone",
+    "load_encoder",
     "list_backbones",
     "load_clip",
     "register_backbone",

@@ -189,11 +189,14 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         return images.to(device=self.device, dtype=self.dtype)
 
+    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the backbone's normalised input (what ``open_clip``'s ``encode_image`` expects)."""
+        return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+
     def _visual_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """V with visual prompts. Returns projected, un-normalised (class (B, D), patches (B, N, D))."""
         v = self.clip.visual
-        x = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
-        x = v.conv1(x)  # (B, Wv, g, g)
+        x = v.conv1(self.normalize_images(images))  # (B, Wv, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, Wv)
         n_patches = x.shape[1]
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -365,3 +368,23 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
 @functools.lru_cache(maxsize=4096)
 def _word_ids(context_length: int, text: str) -> list[int]:
     return _tokenizer(context_length).encode(text)
+
+
+def encoder_from_backbone(
+    name: str, pretrained: str | None = None, allow_download: bool | None = None, **kwargs
+) -> ComposedQueryEncoder:
+    """A ComposedQueryEncoder around a registered backbone, with its pretrained CLIP weights if it has any.
+
+    Args:
+        name: backbone registry name or ``hf-hub:`` id (see ``duetgen.list_backbones()``).
+        pretrained: override the weight source (tag, ``hf-hub:`` id or a local file).
+        allow_download: permit downloading weights that are not cached.
+        **kwargs: further ComposedQueryEncoder arguments (``num_visual_prompts``...).
+    """
+    from .backbones import load_clip
+
+    clip, cfg = load_clip(name, pretrained=pretrained, allow_download=allow_download)
+    encoder = ComposedQueryEncoder(clip_config=cfg, backbone=name, **kwargs)
+    encoder.clip.load_state_dict(clip.state_dict())
+    encoder.init_prompt_from_text()
+    return encoder.eval()

@@ -1,0 +1,191 @@
+"""Pre-rendered training and benchmark sets of the procedural world, built in 2x2 "twin groups".
+
+A group holds two instances (geometry I0, I1) and two attribute sets (A0, A1) and the four photos
+``I_i`` rendered with ``A_j``, plus one sketch per instance. Every photo therefore has, inside its own group, a
+*geometry twin* (same instance, other attributes: only words tell them apart) and an *attribute twin* (same
+attributes, other instance: only the sketch tells them apart). Batches of whole groups give the duet losses the hard
+negatives that in-batch random sampling almost never supplies.
+
+Rendering is done once and cached as uint8 arrays in an ``.npz`` (no pickle) plus a JSON side file with the
+instance and attribute records, so training steps cost no rendering time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorldGroups:
+    """Rendered twin groups.
+
+    Attributes:
+        photos: (G, 2, 2, H, W, 3) uint8, indexed [group, instance, attribute set].
+        sketches: (G, 2, H, W) uint8, indexed [group, instance].
+        shapes: (G, 2) int64 shape-category index of each instance.
+        records: per group, ``{"instances": [inst0, inst1], "attrs": [attrs0, attrs1]}`` as plain dicts.
+    """
+
+    photos: np.ndarray
+    sketches: np.ndarray
+    shapes: np.ndarray
+    records: list[dict]
+
+    def __len__(self) -> int:
+        return self.photos.shape[0]
+
+    @property
+    def size(self) -> int:
+        return self.photos.shape[-2]
+
+    def words(self, group: int, attr: int) -> str:
+        """What a user would type about attribute set ``attr`` of ``group``."""
+        return world.words(world.Attributes.from_dict(self.records[group]["attrs"][attr]))
+
+    def caption(self, group: int, inst: int, attr: int, rng: np.random.Generator | None = None, drop_prob=0.0):
+        """The full caption of photo [group, inst, attr]."""
+        rec = self.records[group]
+        return world.caption(
+            _instance(rec["instances"][inst]), world.Attributes.from_dict(rec["attrs"][attr]), rng=rng, drop_prob=drop_prob
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes ``path`` (.npz) and ``path.json`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, photos=self.photos, sketches=self.sketches, shapes=self.shapes)
+        meta_tmp = path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps(self.records))
+        os.replace(meta_tmp, path.with_suffix(".json"))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WorldGroups:
+        path = Path(path)
+        with np.load(path, allow_pickle=False) as data:
+            photos, sketches, shapes = data["photos"], data["sketches"], data["shapes"]
+        records = json.loads(path.with_suffix(".json").read_text())
+        return cls(photos=photos, sketches=sketches, shapes=shapes, records=records)
+
+
+def _instance(d: dict) -> world.Instance:
+    return world.Instance.from_dict(d)
+
+
+def _as_dict(obj) -> dict:
+    return obj.to_dict()
+
+
+def sketch_caption(instance: world.Instance, rng: np.random.Generator | None = None, drop_prob: float = 0.0) -> str:
+    """Caption of a sketch (stage 1 shows CLIP line drawings too, as real CLIP saw them): geometry words only."""
+    parts = [world.size_word(instance), world.SHAPE_NOUNS[instance.shape]]
+    keep = [True, True, True, True] if not drop_prob else [rng.random() >= drop_prob for _ in range(4)]
+    noun = " ".join(parts if keep[0] else parts[1:])
+    text = f"{'a sketch' if keep[3] else 'a drawing'} of {world._article(noun)} {noun}"
+    if keep[1]:
+        text += f" {world.position_word(instance)}"
+    if keep[2]:
+        text += f", {world.orientation_word(instance)}"
+    return text
+
+
+def user_caption(
+    instance: world.Instance, attrs: world.Attributes, rng: np.random.Generator | None = None, drop_prob: float = 0.0
+) -> str:
+    """A caption in the order a composed query takes: pose first, then what a user types about the attributes.
+
+    E.g. 'a large star at the top left, tilted right, red with stripes in pixel art'. Stage 1 mixes it with
+    :func:`duetgen.world.caption` so the text encoder has seen attribute words follow a description of an object.
+    """
+    keep = [True] * 4 if not drop_prob else [rng.random() >= drop_prob for _ in range(4)]
+    noun = world.SHAPE_NOUNS[instance.shape]
+    noun = f"{world.size_word(instance)} {noun}" if keep[0] else noun
+    text = f"{world._article(noun)} {noun}"
+    if keep[1]:
+        text += f" {world.position_word(instance)}"
+    if keep[2]:
+        text += f", {world.orientation_word(instance)}"
+    if keep[3]:
+        text += f", {world.words(attrs)}"
+    return text
+
+
+def build_world_groups(
+    n_groups: int,
+    seed: int,
+    size: int = 64,
+    shapes: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> WorldGroups:
+    """Renders ``n_groups`` twin groups, deterministic from ``seed``.
+
+    Args:
+        n_groups: number of 2x2 groups (4 photos, 2 sketches each).
+        seed: world seed; group g uses ``np.random.default_rng([seed, g])``.
+        size: image side in pixels.
+        shapes: restrict instances to these shape categories (zero-shot splits).
+        progress: show a tqdm bar.
+    """
+    photos = np.zeros((n_groups, 2, 2, size, size, 3), dtype=np.uint8)
+    sketches = np.zeros((n_groups, 2, size, size), dtype=np.uint8)
+    shape_idx = np.zeros((n_groups, 2), dtype=np.int64)
+    records: list[dict] = []
+    pool = tuple(shapes) if shapes else tuple(world.SHAPES)
+    it = range(n_groups)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc="rendering world groups", unit="group", mininterval=2.0)
+        except ImportError:  # pragma: no cover
+            pass
+    for g in it:
+        rng = np.random.default_rng([seed, g])
+        insts = [world.sample_instance(rng, shape=str(rng.choice(pool))) for _ in range(2)]
+        a0 = world.sample_attributes(rng)
+        a1 = world.sample_attributes(rng)
+        while a1 == a0:
+            a1 = world.sample_attributes(rng)
+        attrs = [a0, a1]
+        for i, inst in enumerate(insts):
+            shape_idx[g, i] = world.SHAPES.index(inst.shape)
+            sketches[g, i] = world.render_sketch(inst, size=size, seed=int(rng.integers(2**31)))
+            for j, att in enumerate(attrs):
+                photos[g, i, j] = world.render_photo(inst, att, size=size, seed=int(rng.integers(2**31)))
+        records.append({"instances": [_as_dict(x) for x in insts], "attrs": [_as_dict(a) for a in attrs]})
+    return WorldGroups(photos=photos, sketches=sketches, shapes=shape_idx, records=records)
+
+
+def load_or_build(path: str | os.PathLike, n_groups: int, seed: int, size: int = 64, shapes=None) -> WorldGroups:
+    """Loads a cached set if it matches (n_groups, size), else renders and caches it."""
+    path = Path(path)
+    if path.is_file():
+        groups = WorldGroups.load(path)
+        if len(groups) == n_groups and groups.size == size:
+            return groups
+        logger.info("cache %s does not match (n=%d, size=%d); rebuilding", path, n_groups, size)
+    groups = build_world_groups(n_groups, seed, size, shapes)
+    groups.save(path)
+    return groups
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) or (..., H, W) -> float (..., 3, H, W) in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.ndim >= 3 and t.shape[-1] == 3:
+        t = t.movedim(-1, -3)
+    else:
+        t = t.unsqueeze(-3).expand(*t.shape[:-2], 3, *t.shape[-2:])
+    return t.float().div_(255.0)
