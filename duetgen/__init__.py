@@ -9,6 +9,7 @@ from .errors import CheckpointError, DuetgenError, DuetgenInputError, WeightsUna
 from .backbones import build_clip, list_backbones, load_clip, register_backbone
 from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding, encoder_from_backbone
 from .loading import load_encoder
+from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
 
 __all__ = [
     "__version__",
@@ -21,6 +22,10 @@ __all__ = [
     "build_clip",
     "encoder_from_backbone",
     "load_encoder",
+    "load_sketch",
+    "read_sketch",
+    "SketchLimits",
+    "DEFAULT_LIMITS",
     "list_backbones",
     "load_clip",
     "register_backbone",

@@ -265,7 +265,11 @@ def load_clip(name: str, pretrained: str | None = None, allow_download: bool | N
     clip = build_clip(cfg)
     if weights is not None:
         state = load_clip_state_dict(weights)
-        missing, unexpected = clip.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = clip.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
+            raise CheckpointError(f"weights file '{weights}' does not fit backbone {name!r}: {first}") from err
         missing = [k for k in missing if k not in ("logit_bias",)]
         if missing or unexpected:
             raise CheckpointError(
