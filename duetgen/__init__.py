@@ -9,6 +9,8 @@ from .errors import CheckpointError, DuetgenError, DuetgenInputError, WeightsUna
 from .backbones import build_clip, list_backbones, load_clip, register_backbone
 from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding, encoder_from_backbone
 from .loading import load_encoder
+from .gallery import Gallery, GalleryBuilder, SearchResult
+from .scene_retrieval import RegionConfig, search_scenes
 from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
 
 __all__ = [
@@ -22,6 +24,11 @@ __all__ = [
     "build_clip",
     "encoder_from_backbone",
     "load_encoder",
+    "Gallery",
+    "GalleryBuilder",
+    "SearchResult",
+    "RegionConfig",
+    "search_scenes",
     "load_sketch",
     "read_sketch",
     "SketchLimits",

@@ -147,5 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - run through the package module so plugins register once
+    from duetgen.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,1034 @@
+"""Gallery: a folder of photo embeddings, searchable with composed queries.
+
+Build one from a folder (recursive) or a list of image files, search it, grow or shrink it, and keep it on disk::
+
+    >>> enc = duetgen.load_encoder()
+    >>> gallery = Gallery.build("photos/", enc, out="photos.gallery")      # progress bar; resumable
+    >>> q = enc.encode_query(sketch[None], "in red")
+    >>> gallery.search(q, k=10)[0][0]                                     # SearchResult(score, path, id)
+    >>> gallery.add(["new.jpg"], enc); gallery.remove(["old.jpg"]); gallery.save()
+    >>> gallery = Gallery.open("photos.gallery", enc)                     # refuses another encoder
+
+On disk (``FORMAT_VERSION`` 1), a gallery is a folder:
+
+* ``manifest.json``: format version, the encoder identity (backbone, dim, weight fingerprint) and where the model
+  came from, embedding dim and dtype, counts (items, skipped files), index kind and parameters, region config,
+  created / updated times.
+* ``embeddings.npy``: (N, D) L2-normalised, float32 or float16 (``dtype="float16"`` halves the file; search runs
+  in float32 either way).
+* ``items.jsonl``: one JSON object per row of ``embeddings.npy``, in row order: ``{"id", "path", "w", "h"}``.
+  JSONL rather than SQLite because a gallery is never updated in place: every save writes a complete new folder
+  and swaps it in (below), so SQLite's transactions and in-place updates would buy nothing, while JSONL is
+  streamed in row order with no schema, diffs and greps, and has no locking or journal files that a folder swap
+  or a network file system could strand. Loading 1M rows takes about a second.
+* ``index.faiss``: the FAISS index (:mod:`duetgen.index`: exact flat below 200k items, IVF above, HNSW on request).
+* ``regions.npy`` (optional): (N, R, D) float16 region embeddings for scene retrieval
+  (:mod:`duetgen.scene_retrieval`); their boxes are in the manifest.
+
+**Atomic writes.** :meth:`Gallery.save` writes a complete temporary sibling folder (``.NAME.tmp-PID-*``), fsyncs it,
+then swaps it in with one ``renameat2(RENAME_EXCHANGE)`` (Linux; elsewhere two renames, and :meth:`Gallery.open`
+puts a stranded previous version back). Until that swap, readers see the previous gallery; a killed process leaves
+the previous gallery intact and, at worst, a stale temp folder that the next save removes.
+
+**Resumable builds.** :class:`GalleryBuilder` writes embeddings to a work folder beside the output
+(``.NAME.work``) as it goes: shard files of raw float32 rows, appended and flushed to the OS after every batch,
+a new shard every ``flush_every`` batches. A killed build loses at most the batch in flight; running the same
+build again (same files, encoder and options) continues where it stopped. Shards also carry multi-process builds
+(``recipes/build_gallery.py``): each rank embeds its contiguous range of the sorted path list, rank 0 merges the
+shards in path order.
+
+Images are decoded by a torch DataLoader (``num_workers`` processes, default ``min(2, cpus)``) so decoding overlaps
+the model; files that cannot be decoded, broken links and symlink loops are skipped with a warning and counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointError, DuetgenError, DuetgenInputError
+from .index import VectorIndex, as_float32
+from .scene_retrieval import RegionConfig, crop_windows, encode_regions
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+GALLERY_KIND = "duetgen-gallery"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MANIFEST, EMBEDDINGS, ITEMS, INDEX_FILE, REGIONS = (
+    "manifest.json", "embeddings.npy", "items.jsonl", "index.faiss", "regions.npy"
+)  # fmt: skip
+MAX_SKIPPED_LISTED = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results, listing and decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """One gallery hit.
+
+    Attributes:
+        score: cosine similarity with the query (for scene retrieval: of the best region).
+        path: the image file.
+        id: the item's stable id in its gallery (ids are never reused after a removal).
+        box: scene retrieval only: the best-matching region (x0, y0, x1, y1) in pixels of the image.
+        region: scene retrieval only: index of that region in the gallery's region boxes.
+    """
+
+    score: float
+    path: str
+    id: int
+    box: tuple[int, int, int, int] | None = None
+    region: int | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.box is None:
+            d.pop("box")
+            d.pop("region")
+        else:
+            d["box"] = list(self.box)
+        return d
+
+
+def scan_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[list[str], list[dict]]:
+    """Image files under ``root``, recursively, following symlinks once.
+
+    Returns:
+        (sorted absolute paths, skipped ``[{"path", "reason"}]``): symlink loops (a folder already visited),
+        broken links and unreadable files are skipped with a warning.
+    """
+    root = Path(os.path.expanduser(str(root)))
+    if not root.is_dir():
+        raise DuetgenInputError(f"'{root}' is not a folder of images")
+    exts = tuple(e.lower() for e in extensions)
+    paths: list[str] = []
+    skipped: list[dict] = []
+    seen: set[tuple[int, int]] = set()
+
+    def on_error(err: OSError) -> None:
+        skipped.append({"path": str(err.filename), "reason": f"unreadable folder ({err.strerror})"})
+
+    for dirpath, dirnames, filenames in os.walk(os.path.abspath(root), followlinks=True, onerror=on_error):
+        try:
+            st = os.stat(dirpath)
+        except OSError as err:
+            skipped.append({"path": dirpath, "reason": f"unreadable folder ({err.strerror})"})
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append({"path": dirpath, "reason": "symlink loop (folder already visited)"})
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.lower().endswith(exts):
+                continue
+            path = os.path.join(dirpath, name)
+            if not os.path.isfile(path):
+                skipped.append({"path": path, "reason": "broken link or not a regular file"})
+            elif not os.access(path, os.R_OK):
+                skipped.append({"path": path, "reason": "permission denied"})
+            else:
+                paths.append(path)
+    for s in skipped:
+        logger.warning("skipping %s: %s", s["path"], s["reason"])
+    return sorted(paths), skipped
+
+
+def _resolve_images(
+    images: str | os.PathLike | Iterable[str | os.PathLike],
+) -> tuple[list[str], list[dict], str | None]:
+    if isinstance(images, (str, os.PathLike)):
+        paths, skipped = scan_images(images)
+        return paths, skipped, os.path.abspath(os.path.expanduser(str(images)))
+    paths = [os.path.abspath(os.path.expanduser(str(p))) for p in images]
+    if len(set(paths)) != len(paths):
+        raise DuetgenInputError("the image list names some files more than once")
+    return paths, [], None
+
+
+def decode_image(path: str, size: int, windows: np.ndarray | None = None):
+    """Decodes an image file for the encoder.
+
+    Returns:
+        (image (3, size, size) float in [0, 1], crops (W, 3, size, size), (width, height)). The resize is the one
+        the encoder applies itself (bilinear, antialiased), so a builder and a bare loop see the same pixels.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (size * 4, size * 4))  # decode big JPEGs at a reduced scale
+        w, h = im.size
+        im = im.convert("RGB")
+        need = size if windows is None or not len(windows) else size / float((windows[:, 2] - windows[:, 0]).min())
+        factor = int(min(im.size) // (2 * need))
+        if factor >= 2:  # very large photos: shrink by an integer factor first (cheap and exact box mapping)
+            im = im.reduce(factor)
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)  # (3, H, W)
+    image = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    crops = crop_windows(x, windows, size) if windows is not None else x.new_zeros(0, 3, size, size)
+    return image.clamp_(0, 1), crops, (w, h)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """(row, image, crops, width, height, error) per file; a file that fails to decode yields its error message."""
+
+    def __init__(self, paths: Sequence[str], rows: Sequence[int], size: int, windows: np.ndarray | None):
+        self.paths, self.rows, self.size, self.windows = paths, list(rows), size, windows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        n_win = 0 if self.windows is None else len(self.windows)
+        try:
+            image, crops, (w, h) = decode_image(self.paths[row], self.size, self.windows)
+            return row, image, crops, w, h, ""
+        except Exception as err:  # noqa: BLE001 - one bad file must not end a million-image build; it is reported
+            blank = torch.zeros(3, self.size, self.size)
+            return row, blank, torch.zeros(n_win, 3, self.size, self.size), 0, 0, f"{type(err).__name__}: {err}"
+
+
+def default_num_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def _iter_embedded(
+    encoder,
+    paths: Sequence[str],
+    rows: Sequence[int],
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    region_config: RegionConfig | None,
+    progress,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list[str]]]:
+    """Yields (rows, global (B, D) float32 with NaN rows for failures, regions (B, R, D) or None, sizes (B, 2),
+    errors) per batch, decoding in DataLoader workers."""
+    if batch_size < 1:
+        raise DuetgenInputError(f"batch_size must be >= 1, got {batch_size}")
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    if num_workers < 0:
+        raise DuetgenInputError(f"num_workers must be >= 0, got {num_workers}")
+    windows = region_config.window_boxes() if region_config is not None else None
+    data = _ImageFiles(paths, rows, encoder.image_size, windows)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+    )  # fmt: skip
+    with torch.inference_mode():
+        for batch_rows, images, crops, ws, hs, errors in loader:
+            if region_config is not None:
+                glob, regions = encode_regions(encoder, images, crops, region_config)
+                regions = regions.cpu().numpy()
+            else:
+                glob, regions = encoder.encode_image(images).float(), None
+            glob = glob.cpu().numpy()
+            bad = np.array([bool(e) for e in errors])
+            if bad.any():
+                glob[bad] = np.nan
+                if regions is not None:
+                    regions[bad] = np.nan
+            progress.update(len(batch_rows))
+            yield batch_rows.numpy(), glob, regions, np.stack([ws.numpy(), hs.numpy()], 1), list(errors)
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# atomic folder writes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True
+
+
+def _remove_stale_temps(dest: Path) -> None:
+    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _recover(dest: Path) -> None:
+    """After a crash between the two renames of a non-exchange swap, puts the previous version back."""
+    if dest.exists():
+        return
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and (olds[-1] / MANIFEST).is_file():
+        logger.warning("restoring gallery '%s' from %s left by an interrupted save", dest, olds[-1].name)
+        os.rename(olds[-1], dest)
+
+
+def atomic_write_folder(dest: str | os.PathLike, write) -> Path:
+    """Runs ``write(tmp_folder)`` and swaps the result in as ``dest``; the previous ``dest`` stays readable until the
+    swap and is removed after it. ``dest`` must be absent, empty or a gallery."""
+    dest = Path(os.path.abspath(os.path.expanduser(str(dest))))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _recover(dest)
+    if dest.exists() and not dest.is_dir():
+        raise DuetgenInputError(f"gallery path '{dest}' exists and is not a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise DuetgenInputError(f"'{dest}' is a non-empty folder that is not a gallery; refusing to replace it")
+    _remove_stale_temps(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if not dest.exists():
+            os.rename(tmp, dest)
+        elif _exchange(tmp, dest):
+            shutil.rmtree(tmp)  # tmp now holds the previous version
+        else:  # pragma: no cover - non-Linux
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the gallery
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _identity_str(identity: dict) -> str:
+    return f"{identity.get('backbone')} (dim {identity.get('embed_dim')}, fingerprint {identity.get('fingerprint')})"
+
+
+def check_identity(gallery_identity: dict, encoder, where: str = "this gallery") -> None:
+    """Raises CheckpointError unless ``encoder`` is the encoder that made the gallery."""
+    mine = dict(encoder.identity)
+    if {k: gallery_identity.get(k) for k in mine} != mine:
+        raise CheckpointError(
+            f"{where} was built with encoder {_identity_str(gallery_identity)} but the encoder given is "
+            f"{_identity_str(mine)}; search it with the encoder that built it (--model) or rebuild the gallery"
+        )
+
+
+class Gallery:
+    """Embeddings of a set of images with a FAISS index over them.
+
+    Build with :meth:`build`, load with :meth:`open`, persist with :meth:`save`. Rows of :attr:`embeddings`,
+    :attr:`items` and :attr:`regions` correspond; ``items[i] = {"id", "path", "w", "h"}``.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        items: list[dict],
+        identity: dict,
+        *,
+        regions: np.ndarray | None = None,
+        region_config: RegionConfig | None = None,
+        region_boxes: np.ndarray | None = None,
+        index: VectorIndex | None = None,
+        index_kind: str = "auto",
+        dtype: str = "float32",
+        path: str | os.PathLike | None = None,
+        manifest: dict | None = None,
+    ):
+        if dtype not in ("float32", "float16"):
+            raise DuetgenInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if len(embeddings) != len(items):
+            raise DuetgenInputError(f"{len(embeddings)} embeddings but {len(items)} items")
+        self.embeddings = embeddings
+        self.items = items
+        self.identity = dict(identity)
+        self.regions = regions
+        self.region_config = region_config
+        self.region_boxes = region_boxes
+        self.dtype = dtype
+        self.index_kind = index_kind
+        self.path = Path(path) if path is not None else None
+        self.manifest = dict(manifest or {})
+        self._index = index
+
+    # ------------------------------------------------------------------------------------------------------
+    # construction and persistence
+    # ------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
+        encoder,
+        out: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> Gallery:
+        """Embeds images into a new gallery (saved atomically to ``out`` if given).
+
+        Args:
+            images: a folder (searched recursively for :data:`IMAGE_EXTENSIONS`) or a list of image files.
+            encoder: the ComposedQueryEncoder (``duetgen.load_encoder()``).
+            out: the gallery folder to write; with ``out``, the build is resumable (see :class:`GalleryBuilder`).
+            **kwargs: :class:`GalleryBuilder` options: ``batch_size``, ``num_workers``, ``regions``, ``dtype``,
+                ``index``, ``flush_every``, ``work_dir``, ``progress``, ``model_source``.
+
+        Returns:
+            The gallery; ``gallery.manifest["counts"]`` has the numbers of items and skipped files.
+        """
+        builder = GalleryBuilder(encoder, images, out, **kwargs)
+        builder.prepare()
+        builder.embed()
+        return builder.finalize()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, encoder=None, *, mmap: bool = True) -> Gallery:
+        """Loads a gallery folder.
+
+        Args:
+            path: the folder written by :meth:`save` / :meth:`build`.
+            encoder: if given, must be the encoder that built the gallery (else :class:`CheckpointError` naming both).
+            mmap: memory-map the embedding arrays instead of reading them.
+        """
+        path = Path(os.path.abspath(os.path.expanduser(str(path))))
+        _recover(path)
+        mf = path / MANIFEST
+        if not mf.is_file():
+            raise DuetgenInputError(f"'{path}' is not a gallery (no {MANIFEST}); build one with 'duetgen index'")
+        try:
+            manifest = json.loads(mf.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{MANIFEST} in '{path}' is not valid JSON ({err})") from err
+        if manifest.get("kind") != GALLERY_KIND or manifest.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"'{path}' is not a duetgen gallery of format {FORMAT_VERSION} "
+                f"(kind={manifest.get('kind')!r}, format_version={manifest.get('format_version')!r})"
+            )
+        if encoder is not None:
+            check_identity(manifest["encoder"], encoder, f"gallery '{path}'")
+        emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with open(path / ITEMS) as fh:
+            items = [json.loads(line) for line in fh if line.strip()]
+        n = manifest["counts"]["items"]
+        if emb.shape != (n, manifest["embed_dim"]) or len(items) != n:
+            raise CheckpointError(
+                f"gallery '{path}' is inconsistent: manifest says {n} items of dim {manifest['embed_dim']}, "
+                f"{EMBEDDINGS} has shape {emb.shape}, {ITEMS} has {len(items)} rows"
+            )
+        regions = region_config = boxes = None
+        if manifest.get("regions"):
+            regions = np.load(path / REGIONS, mmap_mode="r" if mmap else None, allow_pickle=False)
+            region_config = RegionConfig.from_dict(manifest["regions"]["config"])
+            boxes = np.asarray(manifest["regions"]["boxes"], dtype=np.float32)
+        idx = manifest["index"]
+        index = None
+        if (path / INDEX_FILE).is_file():
+            index = VectorIndex.load(path / INDEX_FILE, idx["kind"], idx.get("params"))
+            if index.ntotal != n:
+                logger.warning("index of '%s' has %d rows for %d items; rebuilding it", path, index.ntotal, n)
+                index = None
+        return cls(emb, items, manifest["encoder"], regions=regions, region_config=region_config,
+                   region_boxes=boxes, index=index, index_kind=idx.get("requested", "auto"),
+                   dtype=manifest["dtype"], path=path, manifest=manifest)  # fmt: skip
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Writes the gallery atomically to ``path`` (default: where it was opened or built)."""
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise DuetgenInputError("this gallery has no path yet; pass save(path)")
+        index = self.index  # build before writing, outside the swap
+        now = _now()
+        manifest = {
+            "kind": GALLERY_KIND,
+            "format_version": FORMAT_VERSION,
+            "encoder": self.identity,
+            "model_source": self.manifest.get("model_source"),
+            "embed_dim": int(self.embed_dim),
+            "dtype": self.dtype,
+            "image_size": self.manifest.get("image_size"),
+            "counts": {"items": len(self), "skipped": int(self.manifest.get("counts", {}).get("skipped", 0))},
+            "skipped": self.manifest.get("skipped", [])[:MAX_SKIPPED_LISTED],
+            "next_id": self.next_id,
+            "root": self.manifest.get("root"),
+            "index": {"kind": index.kind, "requested": self.index_kind, "params": index.params},
+            "regions": None,
+            "created": self.manifest.get("created", now),
+            "updated": now,
+        }
+        if self.regions is not None:
+            manifest["regions"] = {
+                "config": self.region_config.to_dict(),
+                "boxes": np.round(self.region_boxes, 6).tolist(),
+                "per_item": int(self.regions.shape[1]),
+                "dtype": "float16",
+            }
+        emb = np.asarray(self.embeddings, dtype=np.float16 if self.dtype == "float16" else np.float32)
+
+        def write(tmp: Path) -> None:
+            np.save(tmp / EMBEDDINGS, emb)
+            with open(tmp / ITEMS, "w") as fh:
+                fh.writelines(json.dumps(it, separators=(",", ":")) + "\n" for it in self.items)
+            index.save(tmp / INDEX_FILE)
+            if self.regions is not None:
+                np.save(tmp / REGIONS, np.asarray(self.regions, dtype=np.float16))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+        self.path = atomic_write_folder(path, write)
+        self.manifest = manifest
+        # Re-open the arrays from the new files, so memory maps never point at a replaced folder.
+        mm = "r"
+        self.embeddings = np.load(self.path / EMBEDDINGS, mmap_mode=mm)
+        if self.regions is not None:
+            self.regions = np.load(self.path / REGIONS, mmap_mode=mm)
+        return self.path
+
+    # ------------------------------------------------------------------------------------------------------
+    # properties
+    # ------------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return (f"Gallery({len(self)} items, dim {self.embed_dim}, index {self.index.kind}, "
+                f"regions {None if self.regions is None else self.regions.shape[1]}, path {self.path})")  # fmt: skip
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.identity.get("embed_dim") or self.embeddings.shape[1])
+
+    @property
+    def paths(self) -> list[str]:
+        return [it["path"] for it in self.items]
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(it["id"]) for it in self.items]
+
+    @property
+    def next_id(self) -> int:
+        return max(int(self.manifest.get("next_id", 0)), max(self.ids, default=-1) + 1)
+
+    @property
+    def index(self) -> VectorIndex:
+        """The FAISS index over the rows (built on first use if the gallery has none yet)."""
+        if self._index is None or self._index.ntotal != len(self):
+            self._index = VectorIndex.build(self.embeddings_f32(), self.index_kind)
+        return self._index
+
+    def embeddings_f32(self) -> np.ndarray:
+        return as_float32(self.embeddings).reshape(len(self), -1)
+
+    def memory_per_item(self) -> dict[str, float]:
+        """Bytes per item on disk / in memory: embedding, index, regions and their total."""
+        n = max(len(self), 1)
+        emb = self.embed_dim * (2 if self.dtype == "float16" else 4)
+        idx = self.index.memory_bytes() / n
+        reg = 0 if self.regions is None else int(self.regions.shape[1]) * self.embed_dim * 2
+        return {"embedding": float(emb), "index": float(idx), "regions": float(reg), "total": float(emb + idx + reg)}
+
+    # ------------------------------------------------------------------------------------------------------
+    # search
+    # ------------------------------------------------------------------------------------------------------
+
+    def search(self, query_embeds, k: int = 10, *, regions: bool = False):
+        """Top-k gallery items for each query.
+
+        Args:
+            query_embeds: (Q, D) L2-normalised queries (``encoder.encode_query(...)``), tensor or array; a single
+                (D,) query is allowed.
+            k: results per query.
+            regions: score each photo by its best region (scene retrieval; needs a gallery built with regions);
+                results then carry the region ``box``.
+
+        Returns:
+            For (Q, D) queries, Q lists of :class:`SearchResult` (best first); for a (D,) query, one list.
+        """
+        if regions:
+            from .scene_retrieval import search_scenes
+
+            return search_scenes(self, query_embeds, k)
+        q = query_embeds.detach().float().cpu().numpy() if isinstance(query_embeds, torch.Tensor) else query_embeds
+        q = as_float32(q)
+        single = q.ndim == 1
+        q = q[None] if single else q
+        if q.ndim != 2 or q.shape[1] != self.embed_dim:
+            raise DuetgenInputError(f"query embeddings must be (Q, {self.embed_dim}); got shape {tuple(q.shape)}")
+        scores, rows = self.index.search(q, k)
+        out = []
+        for sr, rr in zip(scores, rows, strict=True):
+            hits = [(float(s), self.items[r]) for s, r in zip(sr, rr, strict=True) if r >= 0]
+            out.append([SearchResult(s, it["path"], int(it["id"])) for s, it in hits])
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------------------------------------------
+    # incremental updates
+    # ------------------------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
+        encoder,
+        *,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> list[int]:
+        """Embeds new images and appends them (in memory; :meth:`save` persists).
+
+        Files already in the gallery and files that fail to decode are skipped with a warning.
+
+        Returns:
+            The ids given to the added items, in the order of the (sorted, for a folder) input.
+        """
+        check_identity(self.identity, encoder)
+        paths, skipped, _ = _resolve_images(images)
+        have = set(self.paths)
+        dup = [p for p in paths if p in have]
+        for p in dup:
+            logger.warning("skipping %s: already in the gallery", p)
+        paths = [p for p in paths if p not in have]
+        if not paths:
+            return []
+        bar = _progress(len(paths), 0, progress, "adding")
+        new_emb, new_reg, new_items, next_id = [], [], [], self.next_id
+        with bar:
+            for rows, glob, regs, sizes, errors in _iter_embedded(
+                encoder, paths, range(len(paths)), batch_size=batch_size, num_workers=num_workers,
+                region_config=self.region_config, progress=bar,
+            ):  # fmt: skip
+                for j, row in enumerate(rows):
+                    if errors[j]:
+                        skipped.append({"path": paths[row], "reason": errors[j]})
+                        logger.warning("skipping %s: %s", paths[row], errors[j])
+                        continue
+                    new_items.append({"id": next_id, "path": paths[row], "w": int(sizes[j, 0]), "h": int(sizes[j, 1])})
+                    next_id += 1
+                    new_emb.append(glob[j])
+                    if regs is not None:
+                        new_reg.append(regs[j])
+        self._record_skipped(skipped)
+        if not new_items:
+            return []
+        index = self.index  # existing rows, before appending
+        add = np.stack(new_emb).astype(np.float32)
+        self.embeddings = np.concatenate([self.embeddings_f32(), add])
+        if self.regions is not None:
+            self.regions = np.concatenate([np.asarray(self.regions), np.stack(new_reg).astype(np.float16)])
+        self.items = self.items + new_items
+        self.manifest["next_id"] = next_id
+        index.add(add)
+        return [it["id"] for it in new_items]
+
+    def remove(self, ids_or_paths: Iterable[int | str | os.PathLike]) -> int:
+        """Removes items by id (int) or path (str / Path) (in memory; :meth:`save` persists).
+
+        Raises:
+            DuetgenInputError: some ids or paths are not in the gallery (nothing is removed then).
+
+        Returns:
+            The number of items removed.
+        """
+        wanted = list(ids_or_paths)
+        by_id = {int(it["id"]): r for r, it in enumerate(self.items)}
+        by_path = {it["path"]: r for r, it in enumerate(self.items)}
+        rows, missing = set(), []
+        for w in wanted:
+            if isinstance(w, (int, np.integer)) and not isinstance(w, bool):
+                r = by_id.get(int(w))
+            else:
+                r = by_path.get(os.path.abspath(os.path.expanduser(str(w))))
+            (missing.append(w) if r is None else rows.add(r))
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise DuetgenInputError(f"{len(missing)} ids/paths are not in the gallery: {shown}")
+        if not rows:
+            return 0
+        self.manifest["next_id"] = self.next_id
+        keep = np.setdiff1d(np.arange(len(self)), np.fromiter(rows, int))
+        self.embeddings = self.embeddings_f32()[keep]
+        if self.regions is not None:
+            self.regions = np.asarray(self.regions)[keep]
+        self.items = [self.items[r] for r in keep]
+        self._index = self._rebuilt_index()
+        return len(rows)
+
+    def sync(self, root: str | os.PathLike, encoder, **kwargs) -> tuple[list[int], int]:
+        """Brings the gallery in line with a folder: adds new image files, removes items whose file is gone.
+
+        Returns:
+            (ids added, number removed).
+        """
+        paths, skipped = scan_images(root)
+        self.manifest["counts"] = {"items": len(self), "skipped": 0}  # the skipped list describes this scan
+        self.manifest["skipped"] = []
+        self._record_skipped(skipped)
+        present = set(paths)
+        root_abs = os.path.abspath(os.path.expanduser(str(root))) + os.sep
+        gone = [it["path"] for it in self.items if it["path"].startswith(root_abs) and it["path"] not in present]
+        removed = self.remove(gone) if gone else 0
+        have = set(self.paths)
+        added = self.add([p for p in paths if p not in have], encoder, **kwargs)
+        return added, removed
+
+    def _rebuilt_index(self) -> VectorIndex:
+        old = self._index
+        x = self.embeddings_f32()
+        if old is not None and old.kind == "ivf" and len(x):
+            import faiss
+
+            idx = faiss.clone_index(old.index)
+            idx.reset()  # keeps the trained coarse quantiser
+            idx.add(x)
+            return VectorIndex(idx, "ivf", old.params)
+        kind = old.kind if old is not None else self.index_kind
+        return VectorIndex.build(x, kind)
+
+    def _record_skipped(self, skipped: list[dict]) -> None:
+        if skipped:
+            counts = self.manifest.setdefault("counts", {"items": len(self), "skipped": 0})
+            counts["skipped"] = int(counts.get("skipped", 0)) + len(skipped)
+            self.manifest["skipped"] = (self.manifest.get("skipped", []) + skipped)[:MAX_SKIPPED_LISTED]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the resumable builder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class GalleryBuilder:
+    """Builds a gallery in resumable steps: :meth:`prepare`, :meth:`embed` (any row range, any process),
+    :meth:`finalize`.
+
+    Args:
+        encoder: the ComposedQueryEncoder.
+        images: a folder (recursive) or a list of image files.
+        out: the gallery folder to write (``None``: build in memory, in a temporary work folder).
+        batch_size: images per forward pass.
+        num_workers: DataLoader decoding processes (default ``min(2, cpus)``; 0 decodes in this process).
+        regions: ``True`` (default :class:`RegionConfig`) or a RegionConfig to also keep region embeddings.
+        dtype: ``"float32"`` or ``"float16"`` for ``embeddings.npy``.
+        index: "auto", "flat", "ivf" or "hnsw" (see :mod:`duetgen.index`).
+        flush_every: batches per shard file (every batch is appended and flushed as soon as it is embedded).
+        work_dir: the shard folder (default: ``.NAME.work`` beside ``out``); removed by :meth:`finalize`.
+        progress: show a tqdm progress bar.
+        model_source: what to record as the model (a folder path or ``"embedded"``), so ``duetgen retrieve`` can
+            reload the encoder without ``--model``.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
+        out: str | os.PathLike | None = None,
+        *,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        regions: bool | RegionConfig = False,
+        dtype: str = "float32",
+        index: str = "auto",
+        flush_every: int = 16,
+        work_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        model_source: str | None = None,
+    ):
+        from .index import choose_kind
+
+        choose_kind(0, index)  # validates the name
+        if dtype not in ("float32", "float16"):
+            raise DuetgenInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if flush_every < 1:
+            raise DuetgenInputError(f"flush_every must be >= 1, got {flush_every}")
+        self.encoder = encoder
+        self.images = images
+        self.out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out is not None else None
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.region_config = RegionConfig() if regions is True else (regions or None)
+        self.dtype, self.index_kind, self.flush_every = dtype, index, flush_every
+        self.progress, self.model_source = progress, model_source
+        if work_dir is not None:
+            self.work_dir = Path(work_dir)
+        elif self.out is not None:
+            self.work_dir = self.out.parent / f".{self.out.name}.work"
+        else:
+            import tempfile
+
+            self.work_dir = Path(tempfile.mkdtemp(prefix="duetgen-gallery-"))
+        self.paths: list[str] = []
+        self.skipped: list[dict] = []
+        self.root: str | None = None
+        self.dim = encoder.embed_dim
+        grid = getattr(encoder.clip.visual, "grid_size", (1, 1))[0]
+        self.region_boxes = self.region_config.boxes(int(grid)) if self.region_config else None
+        self.n_regions = 0 if self.region_boxes is None else len(self.region_boxes)
+        self.resumed = 0  # rows found already embedded by an earlier run
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _plan(self) -> dict:
+        h = hashlib.sha256("\n".join(self.paths).encode())
+        return {
+            "paths_sha256": h.hexdigest(),
+            "n": len(self.paths),
+            "encoder": self.encoder.identity,
+            "image_size": self.encoder.image_size,
+            "regions": self.region_config.to_dict() if self.region_config else None,
+            "n_regions": self.n_regions,
+        }
+
+    def prepare(self, *, write: bool = True) -> list[str]:
+        """Lists the images and readies the work folder. A work folder left by an earlier run of the *same* build
+        (same files, encoder, options) is kept, so :meth:`embed` continues it; any other one is cleared.
+
+        Args:
+            write: create / clear the work folder (multi-process builds: only rank 0 writes, the others read).
+        """
+        self.paths, self.skipped, self.root = _resolve_images(self.images)
+        plan = self._plan()
+        plan_file = self.work_dir / "plan.json"
+        if write:
+            old = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+            if old != plan:
+                if old is not None:
+                    logger.warning("work folder %s belongs to a different build; starting afresh", self.work_dir)
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+                self.work_dir.mkdir(parents=True)
+                tmp = plan_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(plan))
+                os.replace(tmp, plan_file)
+        elif not plan_file.is_file() or json.loads(plan_file.read_text()) != plan:
+            raise DuetgenError(f"work folder {self.work_dir} has no plan for this build; run prepare() on rank 0")
+        return self.paths
+
+    def _shards(self) -> list[tuple[int, int, Path]]:
+        """(start, rows, file) of every shard, by start. Torn trailing rows (a write cut by a kill) are cut off."""
+        out = []
+        row_bytes = self.dim * 4
+        reg_bytes = self.n_regions * self.dim * 2
+        for f in sorted(self.work_dir.glob("shard-*.f32")):
+            start = int(f.stem.split("-")[1])
+            rows = f.stat().st_size // row_bytes
+            if reg_bytes:
+                rf = f.with_suffix(".regions.f16")
+                rows = min(rows, rf.stat().st_size // reg_bytes if rf.is_file() else 0)
+            out.append((start, rows, f))
+        return out
+
+    def done_rows(self) -> np.ndarray:
+        """Boolean (N,) of rows already embedded in the work folder."""
+        done = np.zeros(len(self.paths), bool)
+        for start, rows, _ in self._shards():
+            done[start : start + rows] = True
+        return done
+
+    def embed(self, start: int = 0, end: int | None = None) -> int:
+        """Embeds rows ``start:end`` of the sorted path list that no shard holds yet.
+
+        Returns:
+            The number of rows embedded by this call.
+        """
+        end = len(self.paths) if end is None else min(end, len(self.paths))
+        done = self.done_rows()
+        todo = [r for r in range(start, end) if not done[r]]
+        self.resumed = int(done[start:end].sum())
+        if self.resumed:
+            logger.info("resuming: %d of %d images already embedded in %s", self.resumed, end - start, self.work_dir)
+        if not todo:
+            return 0
+        for _, rows, f in self._shards():  # cut torn rows so appends stay aligned
+            self._truncate(f, rows)
+        bar = _progress(end - start, self.resumed, self.progress, "indexing")
+        writer = _ShardWriter(self.work_dir, self.dim, self.n_regions, self.flush_every)
+        try:
+            with bar:
+                for rows, glob, regs, sizes, errors in _iter_embedded(
+                    self.encoder, self.paths, todo, batch_size=self.batch_size, num_workers=self.num_workers,
+                    region_config=self.region_config, progress=bar,
+                ):  # fmt: skip
+                    writer.write(rows, glob, regs, sizes, errors)
+        finally:
+            writer.close()
+        return len(todo)
+
+    def _truncate(self, f: Path, rows: int) -> None:
+        with open(f, "r+b") as fh:
+            fh.truncate(rows * self.dim * 4)
+        if self.n_regions:
+            with open(f.with_suffix(".regions.f16"), "r+b") as fh:
+                fh.truncate(rows * self.n_regions * self.dim * 2)
+
+    def collect(self):
+        """Reads the shards: (embeddings (N, D) float32 with NaN rows for failures, regions (N, R, D) fp16 or None,
+        sizes (N, 2), errors {row: reason})."""
+        n = len(self.paths)
+        emb = np.full((n, self.dim), np.nan, np.float32)
+        regs = np.zeros((n, self.n_regions, self.dim), np.float16) if self.n_regions else None
+        sizes = np.zeros((n, 2), np.int64)
+        done = np.zeros(n, bool)
+        errors: dict[int, str] = {}
+        for start, rows, f in self._shards():
+            emb[start : start + rows] = np.fromfile(f, np.float32, rows * self.dim).reshape(rows, self.dim)
+            if regs is not None:
+                raw = np.fromfile(f.with_suffix(".regions.f16"), np.float16, rows * self.n_regions * self.dim)
+                regs[start : start + rows] = raw.reshape(rows, self.n_regions, self.dim)
+            side = f.with_suffix(".meta.jsonl")
+            if side.is_file():
+                for line in side.read_text().splitlines():
+                    try:
+                        m = json.loads(line)
+                    except ValueError:  # a torn last line
+                        continue
+                    if start <= m["row"] < start + rows:
+                        sizes[m["row"]] = (m["w"], m["h"])
+                        if m.get("error"):
+                            errors[m["row"]] = m["error"]
+            done[start : start + rows] = True
+        if not done.all():
+            missing = np.flatnonzero(~done)
+            raise DuetgenError(
+                f"{len(missing)} of {n} images are not embedded yet (first: {self.paths[missing[0]]}); run embed()"
+            )
+        return emb, regs, sizes, errors
+
+    def finalize(self) -> Gallery:
+        """Merges the shards in path order, writes the gallery (atomically, if ``out`` was given) and removes the
+        work folder."""
+        emb, regs, sizes, errors = self.collect()
+        bad = ~np.isfinite(emb).all(1)
+        for r in np.flatnonzero(bad):
+            reason = errors.get(int(r), "could not be embedded")
+            self.skipped.append({"path": self.paths[r], "reason": reason})
+            logger.warning("skipping %s: %s", self.paths[r], reason)
+        keep = np.flatnonzero(~bad)
+        items = [{"id": i, "path": self.paths[r], "w": int(sizes[r, 0]), "h": int(sizes[r, 1])}
+                 for i, r in enumerate(keep)]  # fmt: skip
+        now = _now()
+        manifest = {
+            "model_source": self.model_source,
+            "image_size": self.encoder.image_size,
+            "counts": {"items": len(items), "skipped": len(self.skipped)},
+            "skipped": self.skipped[:MAX_SKIPPED_LISTED],
+            "next_id": len(items),
+            "root": self.root,
+            "created": now,
+        }
+        gallery = Gallery(
+            emb[keep], items, self.encoder.identity,
+            regions=regs[keep] if regs is not None else None, region_config=self.region_config,
+            region_boxes=self.region_boxes, index_kind=self.index_kind, dtype=self.dtype, manifest=manifest,
+        )  # fmt: skip
+        if self.out is not None:
+            gallery.save(self.out)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return gallery
+
+
+class _ShardWriter:
+    """Appends embedded rows to shard files, flushing after every batch; a new shard every ``flush_every`` batches
+    or wherever the rows stop being contiguous."""
+
+    def __init__(self, work_dir: Path, dim: int, n_regions: int, flush_every: int):
+        self.work_dir, self.dim, self.n_regions, self.flush_every = work_dir, dim, n_regions, flush_every
+        self.files = None
+        self.next_row = -1
+        self.batches = 0
+
+    def _open(self, start: int) -> None:
+        self.close()
+        base = self.work_dir / f"shard-{start:010d}"
+        self.files = [open(base.with_suffix(".f32"), "ab"), open(base.with_suffix(".meta.jsonl"), "a")]
+        if self.n_regions:
+            self.files.append(open(base.with_suffix(".regions.f16"), "ab"))
+        self.next_row, self.batches = start, 0
+
+    def write(self, rows: np.ndarray, glob: np.ndarray, regs, sizes: np.ndarray, errors: list[str]) -> None:
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                j += 1
+            if self.files is None or rows[i] != self.next_row or self.batches >= self.flush_every:
+                self._open(int(rows[i]))
+            # metadata first, then regions, then the global rows: a row counts as done once its global row is whole
+            self.files[1].write("".join(
+                json.dumps({"row": int(r), "w": int(sizes[k, 0]), "h": int(sizes[k, 1]), "error": errors[k]}) + "\n"
+                for k, r in zip(range(i, j), rows[i:j], strict=True)
+            ))  # fmt: skip
+            self.files[1].flush()
+            if self.n_regions:
+                self.files[2].write(np.ascontiguousarray(regs[i:j], dtype=np.float16).tobytes())
+                self.files[2].flush()
+            self.files[0].write(np.ascontiguousarray(glob[i:j], dtype=np.float32).tobytes())
+            self.files[0].flush()
+            self.next_row = int(rows[j - 1]) + 1
+            i = j
+        self.batches += 1
+
+    def close(self) -> None:
+        for f in self.files or []:
+            f.close()
+        self.files = None

@@ -1,0 +1,276 @@
+"""Gallery: build / save / open / search, incremental add and remove, resumable and atomic writes, encoder identity,
+and the multi-process build (recipes/build_gallery.py) against a one-process build."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import duetgen
+from duetgen.backbones import get_clip_config
+from duetgen.errors import CheckpointError, DuetgenInputError
+from duetgen.gallery import MANIFEST, Gallery, GalleryBuilder, decode_image, scan_images
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def tiny_encoder(seed: int = 0) -> duetgen.ComposedQueryEncoder:
+    torch.manual_seed(seed)
+    return duetgen.ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return tiny_encoder(0)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory, encoder):
+    d = tmp_path_factory.mktemp("enc") / "tiny"
+    encoder.save_pretrained(d)
+    return d
+
+
+def write_photos(
+    folder: Path, n: int, seed: int = 0, size: int = 40, start: int = 0, nested: bool = True
+) -> list[str]:
+    """n distinct random-noise photos (varied sizes), every third in a subfolder."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(start, start + n):
+        sub = folder / ("sub" if nested and i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 9))
+        base = rng.integers(0, 255, (1, 1, 3)) * np.ones((h, w, 1))  # a colour plus noise: images differ
+        img = np.clip(base + rng.normal(0, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+        p = sub / f"img{i:05d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(str(p.resolve()))
+    return sorted(paths)
+
+
+def bare_embeddings(encoder, paths) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.stack([decode_image(p, encoder.image_size)[0] for p in paths])
+        return encoder.encode_image(x).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_build_save_open_search_round_trip(tmp_path, encoder):
+    photos = tmp_path / "photos"
+    paths = write_photos(photos, 30)
+    (photos / "broken.png").write_bytes(b"this is not an image")
+    os.symlink("..", photos / "sub" / "loop")  # a symlink loop
+    os.symlink("missing.png", photos / "dangling.png")
+    (photos / "notes.txt").write_text("not an image extension")
+
+    listed, skipped = scan_images(photos)
+    assert len(listed) == 31 and {Path(s["path"]).name for s in skipped} == {"loop", "dangling.png"}
+
+    gallery = Gallery.build(photos, encoder, tmp_path / "g", batch_size=7, num_workers=1, progress=False)
+    assert gallery.paths == paths  # sorted path order, broken file dropped
+    counts = gallery.manifest["counts"]
+    assert counts == {"items": 30, "skipped": 3}
+    assert any("broken.png" in s["path"] for s in gallery.manifest["skipped"])
+    files = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert files == ["embeddings.npy", "index.faiss", "items.jsonl", "manifest.json"]
+    assert not list(tmp_path.glob(".g.*")), "work and temp folders are cleaned up"
+
+    manifest = json.loads((tmp_path / "g" / MANIFEST).read_text())
+    assert manifest["format_version"] == 1 and manifest["encoder"] == encoder.identity
+    assert manifest["embed_dim"] == 32 and manifest["index"]["kind"] == "flat" and manifest["created"]
+
+    # the builder's embeddings are the encoder's embeddings of the same images
+    np.testing.assert_allclose(gallery.embeddings_f32(), bare_embeddings(encoder, paths), atol=1e-5)
+
+    opened = Gallery.open(tmp_path / "g", encoder)
+    assert opened.paths == paths and opened.ids == list(range(30))
+    np.testing.assert_array_equal(opened.embeddings_f32(), gallery.embeddings_f32())
+
+    queries = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    results = opened.search(queries, k=5)
+    sims = queries.numpy() @ opened.embeddings_f32().T
+    for q, res in enumerate(results):
+        expected = np.argsort(-sims[q])[:5]
+        assert [r.path for r in res] == [paths[i] for i in expected]
+        np.testing.assert_allclose([r.score for r in res], sims[q, expected], atol=1e-5)
+    own = opened.search(opened.embeddings_f32()[7], k=1)  # a (D,) query returns one list
+    assert own[0].path == paths[7] and own[0].id == 7 and own[0].score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(DuetgenInputError, match="query embeddings must be"):
+        opened.search(np.zeros((1, 31), np.float32), k=3)
+
+
+def test_fp16_storage(tmp_path, encoder):
+    paths = write_photos(tmp_path / "p", 12)
+    g = Gallery.build(paths, encoder, tmp_path / "g", dtype="float16", num_workers=0, progress=False)
+    stored = np.load(tmp_path / "g" / "embeddings.npy")
+    assert stored.dtype == np.float16 and stored.shape == (12, 32)
+    opened = Gallery.open(tmp_path / "g", encoder)
+    assert opened.memory_per_item()["embedding"] == 64
+    np.testing.assert_allclose(opened.embeddings_f32(), g.embeddings_f32(), atol=2e-3)
+    assert opened.search(opened.embeddings_f32()[3], k=1)[0].path == paths[3]
+
+
+def test_incremental_add_remove_equals_clean_build(tmp_path, encoder):
+    paths = write_photos(tmp_path / "p", 24, nested=False)
+    g = Gallery.build(paths[:16], encoder, tmp_path / "g", num_workers=0, progress=False)
+    new_ids = g.add(paths[16:] + [paths[0]], encoder, num_workers=0)  # paths[0] is already in: skipped
+    assert new_ids == list(range(16, 24))
+    assert g.remove([3, paths[5], Path(paths[20])]) == 3
+    with pytest.raises(DuetgenInputError, match="not in the gallery"):
+        g.remove([3])  # already gone
+    g.save()
+
+    reopened = Gallery.open(tmp_path / "g", encoder)
+    kept = [p for i, p in enumerate(paths) if i not in (3, 5, 20)]
+    assert reopened.paths == kept
+    assert reopened.ids == [i for i in range(24) if i not in (3, 5, 20)]  # ids are stable, never reused
+    clean = Gallery.build(kept, encoder, num_workers=0, progress=False)
+    np.testing.assert_allclose(reopened.embeddings_f32(), clean.embeddings_f32(), atol=1e-5)
+    # search reflects the update: a removed item is never returned, an added one is found
+    res = reopened.search(reopened.embeddings_f32(), k=1)
+    assert [r[0].path for r in res] == kept
+    assert reopened.add([tmp_path / "nope.png"], encoder, num_workers=0) == []
+    assert reopened.next_id == 24
+
+
+def test_open_with_another_encoder_names_both(tmp_path, encoder):
+    paths = write_photos(tmp_path / "p", 5)
+    Gallery.build(paths, encoder, tmp_path / "g", num_workers=0, progress=False)
+    other = tiny_encoder(seed=1)
+    with pytest.raises(CheckpointError) as err:
+        Gallery.open(tmp_path / "g", other)
+    msg = str(err.value)
+    assert encoder.identity["fingerprint"] in msg and other.identity["fingerprint"] in msg
+    with pytest.raises(CheckpointError):
+        Gallery.open(tmp_path / "g").add(paths, other)
+    with pytest.raises(DuetgenInputError, match="not a gallery"):
+        Gallery.open(tmp_path / "p", encoder)
+
+
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import sys, duetgen
+    from duetgen.gallery import Gallery
+    enc = duetgen.load_encoder(sys.argv[1])
+    Gallery.build(sys.argv[2], enc, sys.argv[3], batch_size=4, num_workers=0, flush_every=3, progress=False)
+    """
+)
+
+
+def test_killed_build_keeps_old_gallery_and_resumes(tmp_path, encoder, encoder_dir):
+    out = tmp_path / "g"
+    old_paths = write_photos(tmp_path / "old", 6)
+    Gallery.build(old_paths, encoder, out, num_workers=0, progress=False)
+    photos = tmp_path / "big"
+    write_photos(photos, 2500, size=32, nested=False)
+
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(encoder_dir), str(photos), str(out)], env=ENV)
+    work = tmp_path / ".g.work"
+    builder = GalleryBuilder(encoder, photos, out, num_workers=0, progress=False)
+    builder.paths = sorted(str(p) for p in photos.glob("*.png"))
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if work.is_dir() and (work / "plan.json").is_file() and builder.done_rows().sum() >= 400:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the build finished before it could be killed; make it bigger"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_at_kill = int(builder.done_rows().sum())
+    assert 400 <= done_at_kill < 2500
+
+    old = Gallery.open(out, encoder)  # the previous gallery is intact and readable
+    assert old.paths == old_paths
+    assert old.search(old.embeddings_f32()[2], k=1)[0].path == old_paths[2]
+
+    builder = GalleryBuilder(encoder, photos, out, batch_size=64, num_workers=0, progress=False)
+    builder.prepare()
+    builder.embed()
+    assert builder.resumed >= done_at_kill  # continued, did not start again
+    resumed = builder.finalize()
+    assert not work.exists()
+    clean = Gallery.build(photos, encoder, batch_size=64, num_workers=0, progress=False)
+    reopened = Gallery.open(out, encoder)
+    assert reopened.paths == clean.paths and len(reopened) == 2500
+    np.testing.assert_allclose(reopened.embeddings_f32(), clean.embeddings_f32(), atol=1e-5)
+    np.testing.assert_allclose(resumed.embeddings_f32(), clean.embeddings_f32(), atol=1e-5)
+
+
+SAVE_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from duetgen.gallery import atomic_write_folder
+    def write(tmp):
+        (tmp / "manifest.json").write_text("{}")
+        (tmp / "embeddings.npy").write_bytes(b"half written")
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of writing the new version
+    atomic_write_folder(sys.argv[1], write)
+    """
+)
+
+
+def test_killed_save_leaves_previous_gallery(tmp_path, encoder):
+    paths = write_photos(tmp_path / "p", 8)
+    g = Gallery.build(paths, encoder, tmp_path / "g", num_workers=0, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
+    proc = subprocess.run([sys.executable, "-c", SAVE_KILL_SCRIPT, str(tmp_path / "g")], env=ENV)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".g.tmp-*")), "the killed writer left its temp folder"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()} == before
+    assert Gallery.open(tmp_path / "g", encoder).paths == paths
+    g.remove([0])
+    g.save()  # the next save clears the stale temp folder
+    assert not list(tmp_path.glob(".g.tmp-*"))
+    assert Gallery.open(tmp_path / "g", encoder).paths == paths[1:]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    with pytest.raises(DuetgenInputError, match="not a gallery"):
+        g.save(tmp_path / "other")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_build_equals_one_process(tmp_path, encoder, encoder_dir):
+    paths = write_photos(tmp_path / "p", 45)
+    (tmp_path / "p" / "bad.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(REPO / "recipes" / "build_gallery.py"), str(tmp_path / "p"), "--out", str(tmp_path / "g2"),
+        "--model", str(encoder_dir), "--batch-size", "4", "--num-workers", "0",
+    ]  # fmt: skip
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - t0 < 60
+    assert "rank 0: rows 0:23" in proc.stdout and "rank 1: rows 23:46" in proc.stdout
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["processes"] == 2 and "MULTI_CPU" in summary["distributed_type"]
+    assert summary["items"] == 45 and summary["skipped"] == 1
+
+    two = Gallery.open(tmp_path / "g2", encoder)
+    one = Gallery.build(tmp_path / "p", encoder, tmp_path / "g1", batch_size=16, num_workers=0, progress=False)
+    assert two.paths == one.paths == paths
+    np.testing.assert_allclose(two.embeddings_f32(), one.embeddings_f32(), atol=1e-5)
