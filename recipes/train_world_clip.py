@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="run folder: state/, encoder/, log.jsonl, args.json")
     p.add_argument("--arch", default="duetgen-world", help="backbone architecture (default duetgen-world)")
+    p.add_argument("--init", default=None, help="continue from this encoder folder instead of random weights")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=256, help="(photo or sketch, caption) pairs per step")
     p.add_argument("--sketch-share", type=float, default=0.25, help="share of the batch that are captioned sketches")
@@ -41,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=12000, help="twin groups rendered for training (4 photos each)")
     p.add_argument("--cache", default="runs/cache/world_train_64.npz", help="rendered training set cache")
     p.add_argument("--holdout-shapes", default="", help="comma-separated shapes left out (zero-shot runs)")
+    p.add_argument("--group-share", type=float, default=0.75,
+                   help="share of the photos drawn as whole twin groups (4 photos: geometry and attribute twins), "
+                   "the hard negatives that random batches almost never hold; the rest are random photos")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
@@ -73,6 +77,8 @@ def main(argv=None) -> None:
         image_std=(0.5, 0.5, 0.5),
         sketch_fit="canvas",
     )
+    if args.init:
+        encoder.load_state_dict(duetgen.load_encoder(args.init).state_dict())
     params = encoder.set_trainable("all")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -105,9 +111,12 @@ def main(argv=None) -> None:
     t0 = time.time()
     for step in range(start, args.steps):
         rng = np.random.default_rng([args.seed, step, acc.process_index])
-        g = rng.integers(n_groups, size=n_ph)
-        i = rng.integers(2, size=n_ph)
-        j = rng.integers(2, size=n_ph)
+        n_grp = int(n_ph * args.group_share) // 4
+        n_rand = n_ph - 4 * n_grp
+        gg_ = rng.choice(n_groups, size=n_grp, replace=False)
+        g = np.concatenate([np.repeat(gg_, 4), rng.integers(n_groups, size=n_rand)])
+        i = np.concatenate([np.tile([0, 0, 1, 1], n_grp), rng.integers(2, size=n_rand)])
+        j = np.concatenate([np.tile([0, 1, 0, 1], n_grp), rng.integers(2, size=n_rand)])
         photos = wd.to_float(groups.photos[g, i, j])
         caps = []
         for gg, ii, jj in zip(g, i, j):
