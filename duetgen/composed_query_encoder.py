@@ -181,7 +181,8 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
     # visual side
     # ----------------------------------------------------------------------------------------------------------
 
-    def _check_images(self, images: torch.Tensor, name: str) -> torch.Tensor:
+    def prepare_images(self, images: torch.Tensor, name: str = "images") -> torch.Tensor:
+        """Checks a (B, 3, H, W) [0, 1] batch, resizes it to ``image_size`` and moves it to the model's device/dtype."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise DuetgenInputError(f"{name} must be a float tensor (B, 3, H, W) in [0, 1], got {got}")
@@ -215,12 +216,12 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """V(images): (B, 3, H, W) in [0, 1] -> (B, D). Sketches and photos share V."""
-        pooled, _ = self._visual_tokens(self._check_images(images, "images"))
+        pooled, _ = self._visual_tokens(self.prepare_images(images, "images"))
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def encode_photo(self, photos: torch.Tensor) -> PhotoEmbedding:
         """Global and patch embeddings of photos (patches feed region-aware matching and scene retrieval)."""
-        pooled, patches = self._visual_tokens(self._check_images(photos, "photos"))
+        pooled, patches = self._visual_tokens(self.prepare_images(photos, "photos"))
         return PhotoEmbedding(embeds=F.normalize(pooled, dim=-1), patch_embeds=F.normalize(patches, dim=-1))
 
     def encode_sketch(self, sketches: torch.Tensor) -> torch.Tensor:

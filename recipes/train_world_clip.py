@@ -132,7 +132,7 @@ def main(argv=None) -> None:
                  for a, b in zip(gs, is_)]  # fmt: skip
         images = torch.cat([photos, sketches]).to(acc.device)
 
-        img = model.clip.encode_image(model.normalize_images(images), normalize=True)
+        img = model.clip.encode_image(model.normalize_images(model.prepare_images(images)), normalize=True)
         txt = model.clip.encode_text(model.tokenizer(caps).to(acc.device), normalize=True)
         loss = clip_contrastive_loss(img, txt, model.clip.logit_scale)
         opt.zero_grad(set_to_none=True)

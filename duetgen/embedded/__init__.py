@@ -1,7 +1,9 @@
 """The embedded default model: trained by duetgen on its procedural world and shipped inside the package.
 
-``encoder/`` holds the ComposedQueryEncoder, ``generator/`` the DuetGenPipeline's UNet, scheduler and null query
-(diffusers ``save_pretrained`` layout, fp16 safetensors). Retrain with ``recipes/train_embedded.sh``.
+``pipeline/`` is a DuetGenPipeline folder (diffusers ``save_pretrained`` layout, fp16 safetensors): its ``encoder/``
+is the embedded ComposedQueryEncoder (one copy, shared by retrieval and generation), ``unet/``, ``conditioner/`` and
+``scheduler/`` the generator. ``evaluator/`` is the independent world evaluator used only by benchmarks. Retrain with
+``recipes/train_embedded.sh``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 EMBEDDED_DIR = Path(__file__).parent
-ENCODER_DIR = EMBEDDED_DIR / "encoder"
 PIPELINE_DIR = EMBEDDED_DIR / "pipeline"
+ENCODER_DIR = PIPELINE_DIR / "encoder"
 GALLERY_DIR = EMBEDDED_DIR.parent.parent / "samples" / "gallery"
 
 
@@ -22,8 +24,10 @@ def embedded_status() -> dict[str, str]:
     """Which parts of the embedded default are shipped in this install."""
     out = {}
     for name, folder in (("encoder", ENCODER_DIR), ("generator", PIPELINE_DIR)):
-        if _present(folder):
-            size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+        if _present(folder) and (name == "encoder" or (folder / "unet").is_dir()):
+            files = folder.rglob("*.safetensors") if name == "encoder" else (
+                f for f in folder.rglob("*.safetensors") if ENCODER_DIR not in f.parents)
+            size = sum(f.stat().st_size for f in files)
             out[name] = f"present ({size / 1e6:.1f} MB, {folder})"
         else:
             out[name] = "missing (retrain with recipes/train_embedded.sh)"

@@ -1,0 +1,56 @@
+"""Two-step smoke runs of the stage-1 and stage-2 recipes on tiny settings, with resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO  # noqa: I001
+
+
+def _run(script, *args, timeout=600):
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / script), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=REPO)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("world")
+    cache = tmp / "cache.npz"
+    out = tmp / "stage1"
+    common = ["--out", str(out), "--arch", "duetgen-tiny", "--batch", "16", "--groups", "12", "--cache", str(cache),
+              "--save-every", "2", "--log-every", "1", "--warmup", "1"]  # fmt: skip
+    _run("train_world_clip.py", *common, "--steps", "2")
+    # interrupted run continued: resume from step 2 to 3
+    r = _run("train_world_clip.py", *common, "--steps", "3", "--resume")
+    assert "resumed at step 2" in r.stdout
+    return tmp, cache, out
+
+
+def test_stage1_two_steps_resume_and_save(stage1):
+    _, cache, out = stage1
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # the resumed run continued at step 2, not from 0
+    assert (out / "encoder" / "config.json").is_file() and (out / "args.json").is_file()
+    assert cache.is_file() and cache.with_suffix(".json").is_file()
+
+
+@pytest.mark.parametrize("extra", [[], ["--caption-supervised", "--w-rt", "0", "--w-comp", "0"]])
+def test_stage2_two_steps(stage1, extra):
+    tmp, cache, s1 = stage1
+    out = tmp / ("stage2" + ("_cs" if extra else ""))
+    _run("train_duet.py", "--init", str(s1 / "encoder"), "--out", str(out), "--steps", "2", "--groups-per-batch", "4",
+         "--groups", "12", "--cache", str(cache), "--eval-every", "2", "--eval-queries", "5", "--log-every", "1",
+         "--warmup", "1", *extra)  # fmt: skip
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [0, 1]
+    assert ("rt" in logs[0]) == (not extra) and "reg" in logs[0] and "tt" in logs[0]
+    ev = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
+    assert set(ev) >= {"sketch", "words", "sketch+words"}
+    import duetgen
+
+    enc = duetgen.load_encoder(out / "encoder")
+    assert enc.visual_prompts.shape[0] == 3
