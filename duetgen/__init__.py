@@ -11,6 +11,7 @@ from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding, encode
 from .loading import load_encoder
 from .gallery import Gallery, GalleryBuilder, SearchResult
 from .scene_retrieval import RegionConfig, search_scenes
+from .pipelines import DuetGenPipeline, load_pipeline
 from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "SearchResult",
     "RegionConfig",
     "search_scenes",
+    "DuetGenPipeline",
+    "load_pipeline",
     "load_sketch",
     "read_sketch",
     "SketchLimits",

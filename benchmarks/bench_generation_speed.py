@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Generation speed of a DuetGenPipeline on CPU: seconds per image, batch throughput and pipeline overhead.
+
+* s/image: one 64 px image (sketch + words) at ``--steps`` steps with the pipeline's default guidance, median of
+  ``--repeats`` runs in this process (after one warm-up run);
+* throughput: images/s at ``num_images_per_prompt`` = each of ``--batches``;
+* overhead: the pipeline against a bare loop of the same UNet + scheduler on the same, precomputed inputs (same
+  conditioning, guidance and noise): ``(pipeline - bare) / bare``; the target is <= 10 %.
+
+    python benchmarks/bench_generation_speed.py                       # the embedded generator, 2 threads
+    python benchmarks/bench_generation_speed.py --model runs/generator/pipeline --out speed.json
+    python benchmarks/bench_generation_speed.py --random              # the default architecture, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="pipeline folder (default: the embedded generator)")
+    p.add_argument("--random", action="store_true", help="default architecture with random weights (no model needed)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=None, help="default: the pipeline's default guidance_scale")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batches", default="4,8", help="num_images_per_prompt values for throughput")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
+    p.add_argument("--out", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def build(args):
+    from duetgen.pipelines import DuetGenPipeline, load_pipeline
+
+    if args.random:
+        import duetgen
+        from duetgen.backbones import get_clip_config
+
+        torch.manual_seed(0)
+        enc = duetgen.ComposedQueryEncoder(
+            get_clip_config("duetgen-world"), backbone="duetgen-world", sketch_fit="canvas"
+        )
+        return DuetGenPipeline.from_encoder(enc.eval()), "random default architecture"
+    return load_pipeline(args.model), args.model or "embedded"
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe, source = build(args)
+    pipe.set_progress_bar_config(disable=True)
+    guidance = args.guidance
+    if guidance is None:
+        guidance = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+    size = pipe.sample_size
+    sketch = torch.ones(3, size, size)
+    sketch[:, size // 4 : 3 * size // 4, size // 4] = 0
+    sketch[:, size // 4, size // 4 : 3 * size // 4] = 0
+    text = "red with stripes in pixel art"
+
+    def run_pipe(n: int = 1):
+        pipe(
+            sketch=sketch,
+            text=text,
+            num_inference_steps=args.steps,
+            guidance_scale=guidance,
+            num_images_per_prompt=n,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        )
+
+    # the bare loop: same conditioning, precomputed once
+    do_cfg = guidance != 1.0
+    with torch.no_grad():
+        images, sk = pipe.prepare_sketch(sketch, 1)
+        _, query = pipe.encode_query(images, text, 1)
+        hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg)
+
+    @torch.no_grad()
+    def run_bare():
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(args.steps)
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = torch.cat([x] * 2) if do_cfg else x
+            inp = torch.cat([scheduler.scale_model_input(inp, t), sk_in], dim=1)
+            pred = pipe.unet(inp, t, encoder_hidden_states=hidden, class_labels=labels).sample
+            if do_cfg:
+                u, c = pred.chunk(2)
+                pred = u + guidance * (c - u)
+            x = scheduler.step(pred, t, x, return_dict=False)[0]
+
+    @torch.no_grad()
+    def unet_call(batch: int):
+        inp = torch.randn(batch, 4, size, size)
+        pipe.unet(
+            inp, 500, encoder_hidden_states=hidden[:1].expand(batch, -1, -1), class_labels=labels[:1].expand(batch, -1)
+        )
+
+    results = {
+        "source": source,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "steps": args.steps,
+        "guidance_scale": guidance,
+        "image_size": size,
+        "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
+        "unet_call_ms_batch1": 1000 * median_time(lambda: unet_call(1), args.repeats * 4),
+        "unet_call_ms_batch2": 1000 * median_time(lambda: unet_call(2), args.repeats * 4),
+    }
+    results["s_per_image"] = median_time(run_pipe, args.repeats)
+    results["bare_loop_s_per_image"] = median_time(run_bare, args.repeats)
+    results["pipeline_overhead"] = results["s_per_image"] / results["bare_loop_s_per_image"] - 1
+    for b in (int(x) for x in args.batches.split(",") if x):
+        results[f"images_per_s_batch{b}"] = b / median_time(lambda b=b: run_pipe(b), max(1, args.repeats // 2))
+
+    print(f"generation speed: {source}, {size} px, {args.steps} steps, guidance {guidance}, {args.threads} threads")
+    print(f"{'measure':32s} value")
+    for k, v in results.items():
+        if isinstance(v, float):
+            print(f"{k:32s} {v:.4f}")
+    print(f"pipeline overhead {100 * results['pipeline_overhead']:.1f}% (target <= 10%)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""``duetgen generate``: sketch and/or words -> image(s) with a DuetGenPipeline (the embedded default or --model)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from .cli import command
+from .errors import DuetgenInputError
+
+SCHEDULERS = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sketch", help="sketch file (PNG, JPEG, SVG, QuickDraw ndjson, ...); omit for text-only")
+    p.add_argument("--text", help='words about what the sketch cannot show, e.g. "red with stripes in pixel art"')
+    p.add_argument(
+        "--out", required=True, help="output image (.png/.jpg/.webp); several images: a grid here plus OUT-0.png, ..."
+    )
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="how many images (default 1)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)"
+    )
+    p.add_argument(
+        "--scheduler", choices=sorted(SCHEDULERS), default=None, help="sampler (default: the model's, DDPM)"
+    )
+    p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: the embedded model")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+@command("generate", "generate images from a sketch, words, or both")(_generate_args)
+def _generate(args: argparse.Namespace) -> int:
+    import inspect
+
+    import torch
+
+    from .pipelines import load_pipeline
+
+    if args.sketch is None and not args.text:
+        raise DuetgenInputError("give --sketch, --text, or both")
+    if args.steps < 1:
+        raise DuetgenInputError(f"--steps must be >= 1, got {args.steps}")
+    if args.num_images < 1:
+        raise DuetgenInputError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise DuetgenInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DuetgenInputError(f"--out must end in one of {', '.join(IMAGE_SUFFIXES)}, got '{out}'")
+    if args.sketch is not None and not Path(args.sketch).is_file():
+        raise DuetgenInputError(f"--sketch '{args.sketch}' is not a file")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise DuetgenInputError(f"--device {args.device!r} is not a torch device ({err})") from err
+
+    pipe = load_pipeline(args.model, device=device)
+    if args.scheduler is not None:
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[args.scheduler])
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    kwargs = {}
+    if args.guidance is not None:
+        kwargs["guidance_scale"] = args.guidance
+    else:
+        kwargs["guidance_scale"] = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    try:
+        images = pipe(
+            sketch=args.sketch,
+            text=args.text or None,
+            num_inference_steps=args.steps,
+            num_images_per_prompt=args.num_images,
+            generator=generator,
+            output_type="pil",
+            **kwargs,
+        ).images
+    except ValueError as err:
+        if isinstance(err, DuetgenInputError):
+            raise
+        raise DuetgenInputError(str(err)) from err
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1:
+        images[0].save(out)
+        print(f"wrote {out}")
+        return 0
+    from diffusers.utils import make_image_grid
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    blank = images[0].copy()
+    blank.paste((255, 255, 255), (0, 0, *blank.size))
+    make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols).save(out)
+    paths = []
+    for i, image in enumerate(images):
+        path = out.with_name(f"{out.stem}-{i}{out.suffix}")
+        image.save(path)
+        paths.append(path)
+    print(f"wrote {out} (grid of {len(images)}) and {paths[0]} ... {paths[-1]}")
+    return 0

@@ -1,0 +1,21 @@
+"""Generation pipelines: sketch + words -> image.
+
+* :class:`DuetGenPipeline`: the embedded default, a small pixel-space UNet conditioned on the composed query and the
+  sketch (offline, CPU).
+* :class:`DuetUnCLIPPipeline`: real photos from Stable unCLIP, driven by the composed query of a ViT-H-14 duet encoder
+  (GPU and the unCLIP weights needed).
+"""
+
+from .pipeline_duetgen import DuetGenPipeline, check_pipeline_folder, load_pipeline
+from .pipeline_output import DuetGenPipelineOutput
+
+__all__ = ["DuetGenPipeline", "DuetGenPipelineOutput", "DuetUnCLIPPipeline", "check_pipeline_folder", "load_pipeline"]
+
+
+def __getattr__(name: str):
+    # The unCLIP backend pulls in transformers; import it only when asked for.
+    if name == "DuetUnCLIPPipeline":
+        from .pipeline_unclip import DuetUnCLIPPipeline
+
+        return DuetUnCLIPPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

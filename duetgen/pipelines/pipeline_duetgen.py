@@ -1,0 +1,566 @@
+"""DuetGenPipeline: a freehand sketch and a few words -> an image, through one composed CLIP query.
+
+The composed query ``q = T_t([SOS] P_L s_w T_w(words) [EOS])`` of the ComposedQueryEncoder conditions a small
+pixel-space UNet (see ``duetgen/generator.py``) by cross-attention and through its timestep embedding; the sketch
+itself is a fourth input channel of the UNet, so the outline is followed pixel for pixel. Text alone and sketch alone
+both work. Classifier-free guidance starts from the learned null query with a blank sketch channel.
+
+Example::
+
+    >>> from duetgen.pipelines import load_pipeline
+    >>> pipe = load_pipeline()                               # the embedded default, offline
+    >>> image = pipe(sketch="star.png", text="red with stripes in pixel art").images[0]
+    >>> from diffusers import DDIMScheduler
+    >>> pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..checkpoints import PICKLE_SUFFIXES
+from ..composed_query_encoder import ComposedQueryEncoder
+from ..errors import CheckpointError
+from ..generator import (
+    IMAGE_CHANNELS,
+    SKETCH_CHANNELS,
+    QueryConditioner,
+    blank_sketch,
+    build_scheduler,
+    build_unet,
+    sketch_channel,
+)
+from .pipeline_output import DuetGenPipelineOutput
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Libraries a duetgen pipeline folder may name in model_index.json (diffusers imports what the file names).
+ALLOWED_LIBRARIES = ("diffusers", "duetgen")
+
+SketchInput = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor | bytes
+
+
+class DuetGenPipeline(DiffusionPipeline):
+    """Sketch + words -> image with a composed-query-conditioned pixel-space UNet.
+
+    Components (``model_index.json``):
+        encoder: :class:`~duetgen.ComposedQueryEncoder` making the composed query (B, D).
+        conditioner: :class:`~duetgen.generator.QueryConditioner`: the query adapter (q -> T tokens) and the
+            learned null query for classifier-free guidance.
+        unet: ``UNet2DConditionModel`` on (B, 3 + 1, S, S): noisy RGB image + the sketch channel.
+        scheduler: any diffusers scheduler of the DDPM family (DDPM, DDIM, DPMSolverMultistep, EulerDiscrete...):
+            ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``.
+    """
+
+    model_cpu_offload_seq = "encoder->conditioner->unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self, encoder: ComposedQueryEncoder, conditioner: QueryConditioner, unet: UNet2DConditionModel, scheduler
+    ):
+        super().__init__()
+        self.register_modules(encoder=encoder, conditioner=conditioner, unet=unet, scheduler=scheduler)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # construction and loading
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: ComposedQueryEncoder,
+        sample_size: int = 64,
+        prediction_type: str = "epsilon",
+        num_query_tokens: int = 4,
+        cross_attention_dim: int = 128,
+        **unet_kwargs,
+    ) -> DuetGenPipeline:
+        """A new (untrained) pipeline around an encoder: fresh UNet, conditioner and DDPM scheduler.
+
+        ``unet_kwargs`` go to :func:`duetgen.generator.build_unet` (``block_out_channels``, ``attention_levels``...).
+        """
+        d = encoder.embed_dim
+        conditioner = QueryConditioner(d, num_tokens=num_query_tokens, cross_attention_dim=cross_attention_dim)
+        unet = build_unet(d, sample_size=sample_size, cross_attention_dim=cross_attention_dim, **unet_kwargs)
+        return cls(encoder=encoder, conditioner=conditioner, unet=unet, scheduler=build_scheduler(prediction_type))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DuetGenPipeline:
+        """Loads a pipeline folder written by ``save_pretrained``; safetensors only, never pickle.
+
+        Local folders are checked first (:func:`check_pipeline_folder`): components may only come from diffusers or
+        duetgen, and no pickled weight file may be present. ``use_safetensors`` is forced on.
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors=False is not supported: duetgen never unpickles checkpoints")
+        kwargs["use_safetensors"] = True
+        path = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
+        if path.is_dir():
+            check_pipeline_folder(path)
+        return super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
+
+    @property
+    def sample_size(self) -> int:
+        s = self.unet.config.sample_size
+        return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # inputs
+    # ----------------------------------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        sketch,
+        text,
+        query_embeds: torch.Tensor | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        output_type: str,
+        generator=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+    ) -> int:
+        """Validates the arguments of ``__call__`` and returns the batch size (number of prompts).
+
+        Raises:
+            ValueError: naming the argument, what was received and what is valid.
+        """
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}")
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        for name in callback_on_step_end_tensor_inputs or ():
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {name!r}"
+                )
+
+        n_text = None
+        if text is not None:
+            if isinstance(text, str):
+                n_text = 1
+            elif isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
+                n_text = len(text)
+            else:
+                raise ValueError(f"text must be a string or a non-empty list of strings, got {text!r:.80}")
+        n_sketch = None if sketch is None else _count_sketches(sketch)
+
+        if query_embeds is not None:
+            if text is not None:
+                raise ValueError("pass either text (to be encoded) or query_embeds (already encoded), not both")
+            if not isinstance(query_embeds, torch.Tensor) or query_embeds.ndim not in (1, 2):
+                got = (
+                    tuple(query_embeds.shape)
+                    if isinstance(query_embeds, torch.Tensor)
+                    else type(query_embeds).__name__
+                )
+                raise ValueError(f"query_embeds must be a tensor (B, D) or (D,), got {got}")
+            if query_embeds.shape[-1] != self.encoder.embed_dim:
+                raise ValueError(
+                    f"query_embeds must have width D={self.encoder.embed_dim} (this encoder), "
+                    f"got {query_embeds.shape[-1]}"
+                )
+            batch = 1 if query_embeds.ndim == 1 else query_embeds.shape[0]
+            if n_sketch is not None and n_sketch not in (1, batch):
+                raise ValueError(f"sketch has {n_sketch} entries but query_embeds has {batch} rows; give 1 or {batch}")
+        else:
+            if n_text is None and n_sketch is None:
+                raise ValueError("give a sketch, text, or both (or query_embeds); got none of them")
+            sizes = {n for n in (n_text, n_sketch) if n is not None}
+            batch = max(sizes)
+            if len(sizes) > 1 and min(sizes) != 1:
+                raise ValueError(
+                    f"text has {n_text} entries but sketch has {n_sketch}; give lists of the same length (or one of "
+                    "either, which is used for every entry of the other)"
+                )
+        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but batch x num_images_per_prompt = "
+                f"{batch * num_images_per_prompt}; pass one generator or exactly that many"
+            )
+        return batch
+
+    def prepare_sketch(
+        self, sketch, batch_size: int, device: torch.device | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Reads the sketch(es) and makes the encoder's input and the UNet's sketch channel.
+
+        Args:
+            sketch: ``None``; a path, PIL image, numpy array or bytes (read with
+                :func:`duetgen.sketch_input.load_sketch`
+                at the encoder's ``sketch_fit``); a tensor (3|1, H, W) / (H, W) / (B, 3|1, H, W) in [0, 1], black ink
+                on white, used as given; or a list of any of these.
+            batch_size: number of prompts; a single sketch is repeated to it.
+
+        Returns:
+            ``(images (B, 3, H, W) in [0, 1] or None, sketch channel (B, 1, S, S) in [-1, 1])``; the channel is blank
+            (white) when there is no sketch.
+        """
+        device = device or self._execution_device
+        size = self.sample_size
+        if sketch is None:
+            return None, blank_sketch(batch_size, size, device=device, dtype=self.unet.dtype)
+        load_size = max(size, self.encoder.image_size)
+        items = list(sketch) if isinstance(sketch, (list, tuple)) else [sketch]
+        images = torch.cat([self._read_sketch(item, load_size) for item in items], dim=0)  # (n, 3, H, W)
+        if images.shape[0] == 1 and batch_size > 1:
+            images = images.expand(batch_size, -1, -1, -1)
+        images = images.to(device=device, dtype=torch.float32)
+        return images, sketch_channel(images, size=size).to(self.unet.dtype)
+
+    def _read_sketch(self, item, load_size: int) -> torch.Tensor:
+        """One sketch source -> (n, 3, H, W) float in [0, 1]."""
+        if isinstance(item, torch.Tensor):
+            x = item.detach().float().cpu()
+            if x.ndim == 2:
+                x = x[None, None]
+            elif x.ndim == 3:
+                x = x[None]
+            if x.ndim != 4 or x.shape[1] not in (1, 3):
+                raise ValueError(
+                    f"sketch tensors must be (3|1, H, W), (H, W) or (B, 3|1, H, W), got {tuple(item.shape)}"
+                )
+            if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+                raise ValueError(
+                    f"sketch tensors must hold values in [0, 1] (black ink 0 on white 1), got [{float(x.min()):.3g}, "
+                    f"{float(x.max()):.3g}]"
+                )
+            return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        from ..sketch_input import load_sketch
+
+        return load_sketch(item, fit=self.encoder.config.sketch_fit, size=load_size)[None]  # (1, 3, H, W)
+
+    @torch.no_grad()
+    def encode_query(
+        self,
+        sketch_images: torch.Tensor | None,
+        text: str | list[str] | None,
+        batch_size: int,
+        num_images_per_prompt: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The composed query of each prompt.
+
+        Args:
+            sketch_images: (B, 3, H, W) in [0, 1] or ``None`` (text-only query).
+            text: the words, one string or one per prompt, or ``None`` (sketch-only query).
+
+        Returns:
+            ``(query (B, D), query repeated (B * num_images_per_prompt, D))``, L2-normalised.
+        """
+        if isinstance(text, str):
+            text = [text] * batch_size
+        elif text is not None:
+            text = list(text) * (batch_size if len(text) == 1 and batch_size > 1 else 1)
+        query = self.encoder.encode_query(sketch_images, text)  # (B, D)
+        return query, query.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def prepare_conditioning(
+        self, query: torch.Tensor, sketch: torch.Tensor, do_classifier_free_guidance: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """UNet inputs from queries (N, D) and sketch channels (N, 1, S, S).
+
+        With guidance the unconditional half (null query, blank sketch) comes first.
+
+        Returns:
+            ``(encoder_hidden_states (M, T, C), class_labels (M, D), sketch (M, 1, S, S))`` with M = N or 2N.
+        """
+        dtype = self.unet.dtype
+        query = query.to(device=sketch.device, dtype=self.conditioner.dtype)
+        if do_classifier_free_guidance:
+            n = query.shape[0]
+            query = torch.cat([self.conditioner.null(n), query], dim=0)  # (2N, D)
+            sketch = torch.cat([blank_sketch(n, sketch.shape[-1], device=sketch.device, dtype=sketch.dtype), sketch])
+        tokens, labels = self.conditioner(query)
+        return tokens.to(dtype), labels.to(dtype), sketch.to(dtype)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise (N, 3, S, S) scaled by the scheduler's ``init_noise_sigma`` (pixel space: no VAE)."""
+        shape = (batch_size, IMAGE_CHANNELS, self.sample_size, self.sample_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta: float = 0.0) -> dict[str, Any]:
+        """Only the keyword arguments the current scheduler's ``step`` takes (``generator``, ``eta``)."""
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    def postprocess(self, images: torch.Tensor, output_type: str):
+        """(N, 3, S, S) in [-1, 1] -> PIL list, numpy (N, S, S, 3) or tensor (N, 3, S, S), all in [0, 1]."""
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        array = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, S, S, 3)
+        if output_type == "np":
+            return array
+        return [PIL.Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # generation
+    # ----------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        sketch: SketchInput | list[SketchInput] | None = None,
+        text: str | list[str] | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        query_embeds: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+    ) -> DuetGenPipelineOutput | tuple:
+        """Generates images from a sketch, words, or both.
+
+        Args:
+            sketch: a path, PIL image, numpy array, bytes, tensor ((3|1, H, W) or (B, 3|1, H, W) in [0, 1], black ink
+                on white) or a list of them; ``None`` for text-only generation. File and image inputs are framed as
+                the encoder expects (``encoder.config.sketch_fit``).
+            text: words about what the sketch cannot show (``"red with stripes in pixel art"``): a string (used for
+                every sketch) or one string per sketch; ``None`` for sketch-only generation.
+            num_inference_steps: denoising steps (>= 1).
+            guidance_scale: classifier-free guidance weight (>= 0); 1 disables guidance (one UNet pass per step),
+                0 ignores the condition. Guidance starts from the null query with a blank sketch.
+            generator: a ``torch.Generator`` (or one per image) for reproducible noise.
+            num_images_per_prompt: images per sketch/text pair.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"`` (see :class:`DuetGenPipelineOutput`).
+            return_dict: return a :class:`DuetGenPipelineOutput` instead of a tuple ``(images, query_embeds)``.
+            callback_on_step_end: called after each step as ``fn(pipe, step, timestep, {"latents": ...})``; may
+                return ``{"latents": new}`` to replace them.
+            callback_on_step_end_tensor_inputs: which tensors the callback receives (only ``"latents"``).
+            query_embeds: precomputed composed queries (B, D) or (D,), skipping the encoder (``text`` must then be
+                ``None``); a sketch given with them still fills the sketch channel.
+            latents: initial noise (N, 3, S, S) instead of sampling it.
+            eta: DDIM's eta (ignored by schedulers without it).
+
+        Returns:
+            :class:`DuetGenPipelineOutput` (``images``, ``query_embeds``), or a tuple when ``return_dict=False``.
+
+        Raises:
+            ValueError: an argument is invalid (the message names it).
+            DuetgenInputError: a sketch file or image is unusable.
+        """
+        # 1. Check inputs
+        batch_size = self.check_inputs(
+            sketch,
+            text,
+            query_embeds,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            output_type,
+            generator,
+            callback_on_step_end_tensor_inputs,
+        )
+        device = self._execution_device
+        do_cfg = guidance_scale != 1.0
+        n_images = batch_size * num_images_per_prompt
+
+        # 2. Read the sketch: encoder input and the UNet's sketch channel (blank without a sketch)
+        sketch_images, sketch_in = self.prepare_sketch(sketch, batch_size, device)
+
+        # 3. Encode the composed query (or take the given one)
+        if query_embeds is None:
+            query, query_rep = self.encode_query(sketch_images, text, batch_size, num_images_per_prompt)
+        else:
+            query = query_embeds.reshape(-1, query_embeds.shape[-1]).to(device=device, dtype=self.conditioner.dtype)
+            query_rep = query.repeat_interleave(num_images_per_prompt, dim=0)
+        sketch_in = sketch_in.repeat_interleave(num_images_per_prompt, dim=0)  # (N, 1, S, S)
+
+        # 4. Conditioning for the UNet (unconditional half first when guiding)
+        hidden_states, class_labels, sketch_in = self.prepare_conditioning(query_rep, sketch_in, do_cfg)
+
+        # 5. Timesteps and initial noise
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latents = self.prepare_latents(n_images, self.unet.dtype, device, generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 6. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                model_in = torch.cat([model_in, sketch_in], dim=1)  # (M, 3 + 1, S, S)
+                pred = self.unet(model_in, t, encoder_hidden_states=hidden_states, class_labels=class_labels).sample
+                if do_cfg:
+                    pred_uncond, pred_cond = pred.chunk(2)
+                    pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                latents = self.scheduler.step(pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    local = {"latents": latents}
+                    callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 7. Post-process
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, query
+        return DuetGenPipelineOutput(images=images, query_embeds=query)
+
+
+def _count_sketches(sketch, nested: bool = False) -> int:
+    """Number of sketches in a ``sketch`` argument (a tensor (B, C, H, W) counts B)."""
+    if isinstance(sketch, (list, tuple)):
+        if nested:
+            raise ValueError("sketch lists must be flat (one entry per sketch), got a nested list")
+        if not sketch:
+            raise ValueError("sketch must not be an empty list")
+        return sum(_count_sketches(s, nested=True) for s in sketch)
+    if isinstance(sketch, torch.Tensor):
+        return sketch.shape[0] if sketch.ndim == 4 else 1
+    if isinstance(sketch, (str, os.PathLike, PIL.Image.Image, np.ndarray, bytes, bytearray)):
+        return 1
+    raise ValueError(
+        f"sketch must be a path, PIL image, numpy array, bytes, tensor or a list of them, got {type(sketch).__name__}"
+    )
+
+
+def check_pipeline_folder(path: str | os.PathLike) -> dict:
+    """Validates a local pipeline folder before diffusers imports anything it names; returns model_index.json.
+
+    Raises:
+        CheckpointError: no model_index.json, a component from a library other than diffusers/duetgen, a missing
+            component folder, or pickled weight files.
+    """
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise CheckpointError(f"'{path}' is not a pipeline folder: it has no model_index.json")
+    try:
+        index = json.loads(index_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"model_index.json in '{path}' is not valid JSON ({err})") from err
+    if not isinstance(index, dict):
+        raise CheckpointError(f"model_index.json in '{path}' is not a JSON object")
+    for name, entry in index.items():
+        if name.startswith("_") or entry is None or entry == [None, None]:
+            continue
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise CheckpointError(f"model_index.json in '{path}': component {name!r} is malformed: {entry!r:.80}")
+        library = entry[0].split(".")[0]
+        if library not in ALLOWED_LIBRARIES:
+            raise CheckpointError(
+                f"model_index.json in '{path}': component {name!r} comes from {entry[0]!r}; only "
+                f"{', '.join(ALLOWED_LIBRARIES)} components are loaded"
+            )
+        folder = path / name
+        if not folder.is_dir():
+            raise CheckpointError(f"pipeline folder '{path}' lacks the {name!r} component folder")
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"'{folder}' contains pickled files {pickles}; duetgen never unpickles checkpoints: convert them to "
+                "safetensors and remove them"
+            )
+    return index
+
+
+def load_pipeline(
+    path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> DuetGenPipeline:
+    """Loads a DuetGenPipeline, offline: the embedded default when ``path`` is ``None``.
+
+    Args:
+        path: a folder written by ``DuetGenPipeline.save_pretrained`` (or ``recipes/train_generator.py``).
+        device: where to put it (default CPU).
+        dtype: compute dtype; shipped fp16 weights are loaded as float32 by default.
+
+    Raises:
+        CheckpointError: the folder is missing, malformed or unsafe.
+    """
+    from ..embedded import PIPELINE_DIR
+
+    if path is None:
+        if not (PIPELINE_DIR / "model_index.json").is_file():
+            raise CheckpointError(
+                f"the embedded default generator is missing from this install ({PIPELINE_DIR}); reinstall duetgen, "
+                "retrain it with recipes/train_generator.py, or pass a pipeline folder"
+            )
+        path = PIPELINE_DIR
+    path = Path(os.path.expanduser(str(path)))
+    if not path.is_dir():
+        raise CheckpointError(f"pipeline folder '{path}' does not exist; pass a folder written by save_pretrained")
+    from diffusers.utils import logging as diffusers_logging
+
+    bar_was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar for a few small files
+    try:
+        pipe = DuetGenPipeline.from_pretrained(str(path), dtype=dtype)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"cannot load the pipeline in '{path}': {str(err).splitlines()[0]}") from err
+    finally:
+        if bar_was_on:
+            diffusers_logging.enable_progress_bar()
+    if (
+        not isinstance(pipe.unet, UNet2DConditionModel)
+        or pipe.unet.config.in_channels != IMAGE_CHANNELS + SKETCH_CHANNELS
+    ):
+        raise CheckpointError(f"'{path}' is not a DuetGenPipeline (its UNet does not take image + sketch channels)")
+    pipe.set_progress_bar_config(disable=None)
+    return pipe.to(device) if device is not None else pipe
+
+
+__all__ = ["DuetGenPipeline", "check_pipeline_folder", "load_pipeline"]

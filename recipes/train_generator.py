@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""Stage 3: the generator G (UNet + query conditioner) on world twin groups, with L_rec and the duet encoder frozen.
+
+L_rec is the DDPM denoising loss of a pixel-space UNet conditioned on the composed query (cross-attention tokens from
+the QueryConditioner, plus the query in the timestep embedding) and on the sketch (a fourth input channel). Each
+training photo [g, i, j] is paired with its instance's sketch and its attribute words ``groups.words(g, j)``; per row:
+
+* composed query ``q(sketch, words)`` (the default);
+* sometimes the caption-free sketch query ``q(sketch)`` (``--p-sketch-query``), as in the duet paper's training;
+* sometimes the words-only query with a blank sketch channel (``--p-text-only``), so text alone generates;
+* classifier-free guidance dropout: null query / blank sketch / both (``--p-drop-query/-sketch/-both``).
+
+Why a separate stage after the duet encoder rather than L_rec inside stage 2: it is far cheaper on CPU (the encoder
+runs forward only, under ``no_grad``, and its optimiser state is not kept), and the retrieval embedding the encoder
+learnt stays exactly fixed, so galleries embedded with it stay valid. ``--encoder-grad`` passes L_rec's gradient into
+the encoder's duet-trainable parts (LayerNorms of V, visual prompts, C_v2w, P_L) at ``--encoder-lr`` (single
+process), as DESIGN.md's auxiliary-loss reading of L_rec; the saved pipeline then holds that fine-tuned encoder.
+
+Writes under ``--out``: ``args.json``, ``log.jsonl`` (loss every ``--log-every`` steps), ``state/`` (accelerate
+``save_state`` every ``--save-every`` steps; ``--resume`` continues from it) and ``pipeline/`` (the whole
+DuetGenPipeline, encoder included, ``save_pretrained`` in fp16 safetensors; load it as float32 with
+``duetgen.pipelines.load_pipeline``).
+
+    python recipes/train_generator.py --encoder runs/stage2/encoder --out runs/generator
+    accelerate launch recipes/train_generator.py --config gen.yaml --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import duetgen
+from duetgen import world_dataset as wd
+from duetgen.generator import blank_sketch, count_parameters, drop_conditions, rec_loss, sketch_channel
+from duetgen.pipelines import DuetGenPipeline
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys (e.g. batch_size: 32) become this script's defaults")
+    p.add_argument("--encoder", default=None, help="duet encoder folder (save_pretrained); default: the embedded one")
+    p.add_argument("--out", required=True, help="run folder: state/, pipeline/, log.jsonl, args.json")
+    p.add_argument(
+        "--steps", type=int, default=1000, help="optimiser steps (~1.2 s each at the defaults on 2 idle cores)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="photos per step")
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then cosine decay to 10%%")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the generator weights (0: off)")
+    p.add_argument("--encoder-grad", action="store_true", help="also train the encoder's duet parts with L_rec")
+    p.add_argument("--encoder-lr", type=float, default=1e-5)
+    p.add_argument("--groups", type=int, default=12000, help="world twin groups (the stage-2 cache is reused)")
+    p.add_argument("--cache", default="runs/cache/world_train_64.npz")
+    p.add_argument("--world-seed", type=int, default=1000, help="seed of the rendered world (stage 2 uses 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"))
+    p.add_argument("--block-out-channels", default="16,32,64,128", help="UNet channels per level")
+    p.add_argument("--attention-levels", type=int, default=2, help="lowest levels with attention blocks")
+    p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--cross-attention-dim", type=int, default=128)
+    p.add_argument("--num-query-tokens", type=int, default=4)
+    p.add_argument(
+        "--p-sketch-query", type=float, default=0.2, help="rows conditioned on the caption-free sketch query"
+    )
+    p.add_argument("--p-text-only", type=float, default=0.1, help="rows with a words-only query and a blank sketch")
+    p.add_argument("--p-drop-query", type=float, default=0.1, help="rows whose query becomes the null query")
+    p.add_argument("--p-drop-sketch", type=float, default=0.1, help="rows whose sketch channel becomes blank")
+    p.add_argument("--p-drop-both", type=float, default=0.1, help="rows with neither (the unconditional example)")
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+    pre, _ = p.parse_known_args(argv)
+    if pre.config:
+        import yaml
+
+        cfg = yaml.safe_load(Path(pre.config).read_text()) or {}
+        if not isinstance(cfg, dict):
+            p.error(f"--config {pre.config}: expected a mapping of option: value")
+        known = {a.dest for a in p._actions}
+        cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            p.error(f"--config {pre.config}: unknown keys {unknown}")
+        p.set_defaults(**cfg)
+        for action in p._actions:  # a required option given in the config is no longer required on the command line
+            if action.dest in cfg:
+                action.required = False
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        p.error("--steps and --batch-size must be >= 1")
+    return args
+
+
+def lr_lambda(args):
+    def f(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def sample_batch(groups: wd.WorldGroups, args, step: int):
+    """Rows (g, i, j) for one step, deterministic from (seed, step) so a resumed run sees the same batches."""
+    rng = np.random.default_rng([args.seed, step])
+    b = args.batch_size
+    g = rng.integers(0, len(groups), b)
+    i = rng.integers(0, 2, b)
+    j = rng.integers(0, 2, b)
+    photos = wd.to_float(groups.photos[g, i, j]) * 2 - 1  # (B, 3, S, S) in [-1, 1]
+    sketches = wd.to_float(groups.sketches[g, i])  # (B, 3, S, S) in [0, 1]
+    words = [groups.words(int(gg), int(jj)) for gg, jj in zip(g, j, strict=True)]
+    u = rng.random(b)
+    text_only = u < args.p_text_only
+    sketch_query = (u >= args.p_text_only) & (u < args.p_text_only + args.p_sketch_query)
+    words = ["" if sq else w for sq, w in zip(sketch_query, words, strict=True)]  # "" = the caption-free sketch query
+    return photos, sketches, words, torch.from_numpy(text_only)
+
+
+def encode_queries(encoder, sketches: torch.Tensor, words: list[str], text_only: torch.Tensor) -> torch.Tensor:
+    """Composed / sketch-only / words-only queries per row: (B, D)."""
+    query = torch.empty(len(words), encoder.embed_dim, device=sketches.device)
+    with_sketch = (~text_only).nonzero().flatten().tolist()
+    only_words = text_only.nonzero().flatten().tolist()
+    if with_sketch:
+        query[with_sketch] = encoder.encode_query(sketches[with_sketch], [words[k] for k in with_sketch]).float()
+    if only_words:
+        query[only_words] = encoder.encode_query(None, [words[k] for k in only_words]).float()
+    return query
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+
+    groups = wd.load_or_build(args.cache, args.groups, seed=args.world_seed, size=64)
+    encoder = duetgen.load_encoder(args.encoder)
+    encoder.requires_grad_(False)
+    encoder.eval()
+    channels = tuple(int(c) for c in str(args.block_out_channels).split(","))
+    pipe = DuetGenPipeline.from_encoder(
+        encoder,
+        sample_size=groups.size,
+        prediction_type=args.prediction_type,
+        num_query_tokens=args.num_query_tokens,
+        cross_attention_dim=args.cross_attention_dim,
+        block_out_channels=channels,
+        attention_levels=args.attention_levels,
+        layers_per_block=args.layers_per_block,
+        norm_num_groups=math.gcd(8, *channels),
+    )
+    unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler
+    acc.print(f"generator: {count_parameters(unet, conditioner) / 1e6:.2f} M parameters; {len(groups)} world groups")
+
+    param_groups = [{"params": list(unet.parameters()) + list(conditioner.parameters()), "lr": args.lr}]
+    if args.encoder_grad:
+        param_groups.append({"params": encoder.set_trainable("duet"), "lr": args.encoder_lr})
+    opt = torch.optim.AdamW(param_groups, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args))
+    if args.encoder_grad and acc.num_processes > 1:
+        raise SystemExit("--encoder-grad runs in a single process (the encoder is not wrapped for gradient sync)")
+    # The encoder is called through its encode_query method, so it is not wrapped (DDP wraps only forward).
+    unet, conditioner, opt, sched = acc.prepare(unet, conditioner, opt, sched)
+    encoder.to(acc.device)
+    trained = list(acc.unwrap_model(unet).parameters()) + list(acc.unwrap_model(conditioner).parameters())
+    ema = None
+    if args.ema_decay > 0:
+        ema = EMAModel(trained, decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+        acc.register_for_checkpointing(ema)
+
+    state_dir = out / "state"
+    start = 0
+    if args.resume and (state_dir / "step.json").is_file():
+        acc.load_state(str(state_dir))
+        start = json.loads((state_dir / "step.json").read_text())["step"]
+        acc.print(f"resumed at step {start}")
+    log = open(out / "log.jsonl", "a") if acc.is_main_process else None
+    gen = torch.Generator().manual_seed(args.seed * 100003 + start)
+    unet.train()
+    conditioner.train()
+    t0, window, losses = time.time(), time.time(), []
+    for step in range(start, args.steps):
+        photos, sketches, words, text_only = sample_batch(groups, args, step)
+        photos, sketches = photos.to(acc.device), sketches.to(acc.device)
+        size = photos.shape[-1]
+        with torch.set_grad_enabled(args.encoder_grad):
+            query = encode_queries(encoder, sketches, words, text_only.to(acc.device))  # (B, D)
+        drop_q, drop_s = drop_conditions(
+            len(words), args.p_drop_query, args.p_drop_sketch, args.p_drop_both, generator=gen, device=acc.device
+        )
+        drop_s = drop_s | text_only.to(acc.device)
+        sk = sketch_channel(sketches, size=size)  # (B, 1, S, S)
+        sk = torch.where(drop_s.view(-1, 1, 1, 1), blank_sketch(len(words), size, device=acc.device), sk)
+        tokens, labels = conditioner(query, drop_q)
+        loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen)
+        acc.backward(loss)
+        if args.grad_clip > 0:
+            acc.clip_grad_norm_(trained, args.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(trained)
+        losses.append(loss.item())
+
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            rec = {
+                "step": done,
+                "loss": float(np.mean(losses)),
+                "lr": sched.get_last_lr()[0],
+                "s_per_step": (time.time() - window) / len(losses),
+                "elapsed_s": time.time() - t0,
+            }
+            losses, window = [], time.time()
+            if log:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            acc.print(f"step {done}/{args.steps} loss {rec['loss']:.4f} ({rec['s_per_step']:.2f} s/step)")
+        if done % args.save_every == 0 or done == args.steps:
+            acc.save_state(str(state_dir))
+            if acc.is_main_process:
+                (state_dir / "step.json").write_text(json.dumps({"step": done}))
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if ema is not None:
+            ema.copy_to(trained)
+        final = DuetGenPipeline(
+            encoder=encoder.eval(),
+            conditioner=acc.unwrap_model(conditioner).eval(),
+            unet=acc.unwrap_model(unet).eval(),
+            scheduler=scheduler,
+        )
+        for module in (final.encoder, final.conditioner, final.unet):
+            module.requires_grad_(False).half()  # ship fp16; load_pipeline reads it back as float32
+        final.save_pretrained(str(out / "pipeline"), safe_serialization=True)
+        size_mb = sum(f.stat().st_size for f in (out / "pipeline").rglob("*.safetensors")) / 1e6
+        acc.print(f"wrote {out / 'pipeline'} ({size_mb:.1f} MB)")
+    if log:
+        log.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""``duetgen generate`` end to end on a tiny pipeline saved to a folder (and on the shipped model if present)."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import duetgen
+from duetgen.backbones import get_clip_config
+from duetgen.cli import main
+from duetgen.embedded import PIPELINE_DIR
+from duetgen.pipelines import DuetGenPipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    encoder = duetgen.ComposedQueryEncoder(
+        get_clip_config("duetgen-tiny"), backbone="duetgen-tiny", sketch_fit="canvas"
+    )
+    pipe = DuetGenPipeline.from_encoder(
+        encoder,
+        sample_size=32,
+        block_out_channels=(8, 16),
+        attention_levels=1,
+        norm_num_groups=4,
+        cross_attention_dim=16,
+        attention_head_dim=8,
+    )
+    folder = tmp_path_factory.mktemp("model") / "pipe"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sketch_file(tmp_path_factory):
+    img = np.full((48, 48), 255, np.uint8)
+    img[10:38, 12] = 0
+    img[10, 12:36] = 0
+    path = tmp_path_factory.mktemp("sk") / "sketch.png"
+    PIL.Image.fromarray(img).save(path)
+    return path
+
+
+def test_one_image(model_dir, sketch_file, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    rc = main(
+        [
+            "generate",
+            "--sketch",
+            str(sketch_file),
+            "--text",
+            "red with stripes",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--model",
+            str(model_dir),
+        ]
+    )
+    assert rc == 0 and out.is_file()
+    assert PIL.Image.open(out).size == (32, 32)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_same_seed_same_file(model_dir, sketch_file, tmp_path):
+    for name in ("a.png", "b.png"):
+        main(
+            [
+                "generate",
+                "--sketch",
+                str(sketch_file),
+                "--out",
+                str(tmp_path / name),
+                "--steps",
+                "2",
+                "--seed",
+                "7",
+                "--model",
+                str(model_dir),
+            ]
+        )
+    assert np.array_equal(
+        np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png"))
+    )
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler"])
+def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
+    out = tmp_path / "grid.png"
+    rc = main(
+        [
+            "generate",
+            "--text",
+            "blue in pixel art",
+            "--out",
+            str(out),
+            "--num-images",
+            "3",
+            "--steps",
+            "2",
+            "--scheduler",
+            scheduler,
+            "--guidance",
+            "1.5",
+            "--model",
+            str(model_dir),
+        ]
+    )
+    assert rc == 0
+    assert PIL.Image.open(out).size == (64, 64)  # 2 x 2 grid, one cell blank
+    assert all((tmp_path / f"grid-{i}.png").is_file() for i in range(3))
+    assert "grid-2.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--out", "x.png"], "give --sketch, --text, or both"),
+        (["--text", "red", "--out", "x.png", "--steps", "0"], "--steps must be >= 1"),
+        (["--text", "red", "--out", "x.png", "--num-images", "0"], "--num-images"),
+        (["--text", "red", "--out", "x.png", "--guidance", "-2"], "--guidance"),
+        (["--text", "red", "--out", "x.gif"], "--out must end in"),
+        (["--sketch", "no-such-file.png", "--out", "x.png"], "is not a file"),
+        (["--text", "red", "--out", "x.png", "--model", "no/such/folder"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_exit_2(model_dir, tmp_path, capsys, argv, match):
+    argv = [a if a != "x.png" else str(tmp_path / "x.png") for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(model_dir)]
+    assert main(["generate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duetgen: error:") and match in err and "\n" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unreadable_sketch_exit_2(model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    assert main(["generate", "--sketch", str(bad), "--out", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
+    assert capsys.readouterr().err.startswith("duetgen: error:")
+
+
+@pytest.mark.skipif(
+    not (PIPELINE_DIR / "model_index.json").is_file(), reason="the embedded generator is not shipped yet"
+)
+def test_shipped_model(sketch_file, tmp_path):
+    out = tmp_path / "shipped.png"
+    assert (
+        main(
+            [
+                "generate",
+                "--sketch",
+                str(sketch_file),
+                "--text",
+                "red with stripes in pixel art",
+                "--out",
+                str(out),
+                "--steps",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert PIL.Image.open(out).size == (64, 64)

@@ -1,0 +1,247 @@
+"""DuetGenPipeline with tiny real components: determinism, save/load, batches, schedulers, outputs, errors."""
+
+import json
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+import duetgen
+from duetgen.backbones import get_clip_config
+from duetgen.errors import CheckpointError
+from duetgen.generator import QueryConditioner
+from duetgen.pipelines import DuetGenPipeline, DuetGenPipelineOutput, load_pipeline
+
+STEPS = 3
+
+
+def tiny_pipeline(seed: int = 0) -> DuetGenPipeline:
+    torch.manual_seed(seed)
+    encoder = duetgen.ComposedQueryEncoder(
+        get_clip_config("duetgen-tiny"), backbone="duetgen-tiny", sketch_fit="canvas"
+    )
+    pipe = DuetGenPipeline.from_encoder(
+        encoder.eval(),
+        sample_size=32,
+        block_out_channels=(8, 16),
+        attention_levels=1,
+        norm_num_groups=4,
+        cross_attention_dim=16,
+        attention_head_dim=8,
+    )
+    with torch.no_grad():  # a non-zero null query, so guidance does something measurable
+        pipe.conditioner.null_query.normal_()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def sketch(shift: int = 0) -> torch.Tensor:
+    s = torch.ones(3, 32, 32)
+    s[:, 6 + shift : 26 + shift, 8] = 0
+    s[:, 6 + shift, 8:24] = 0
+    return s
+
+
+def run(pipe, seed=0, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    kw.setdefault("output_type", "pt")
+    return pipe(generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def test_output_shapes_and_range(pipe):
+    out = run(pipe, sketch=sketch(), text="red with stripes")
+    assert isinstance(out, DuetGenPipelineOutput)
+    assert out.images.shape == (1, 3, 32, 32) and out.query_embeds.shape == (1, pipe.encoder.embed_dim)
+    assert 0 <= out.images.min() and out.images.max() <= 1
+
+
+def test_same_seed_same_image(pipe):
+    a = run(pipe, sketch=sketch(), text="red").images
+    b = run(pipe, sketch=sketch(), text="red").images
+    c = run(pipe, seed=1, sketch=sketch(), text="red").images
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_condition_changes_the_image(pipe):
+    base = run(pipe, sketch=sketch(), text="red").images
+    assert (base - run(pipe, sketch=sketch(), text="blue with dots").images).abs().max() > 1e-5
+    assert (base - run(pipe, sketch=sketch(4), text="red").images).abs().max() > 1e-5
+    assert (base - run(pipe, sketch=sketch(), text="red", guidance_scale=1.0).images).abs().max() > 1e-5
+
+
+def test_text_only_and_sketch_only(pipe):
+    text_only = run(pipe, text="green in pixel art")
+    sketch_only = run(pipe, sketch=sketch())
+    assert text_only.images.shape == sketch_only.images.shape == (1, 3, 32, 32)
+    q = pipe.encoder.encode_query(None, ["green in pixel art"])
+    assert torch.allclose(text_only.query_embeds, q, atol=1e-6)
+
+
+def test_query_embeds_skip_the_encoder(pipe):
+    ref = run(pipe, sketch=sketch(), text="red")
+    again = run(pipe, sketch=sketch(), query_embeds=ref.query_embeds)
+    assert torch.equal(ref.images, again.images)
+    one_d = run(pipe, sketch=sketch(), query_embeds=ref.query_embeds[0])
+    assert torch.equal(ref.images, one_d.images)
+
+
+def test_batches(pipe):
+    out = run(pipe, sketch=[sketch(), sketch(3)], text=["red", "blue"], num_images_per_prompt=2)
+    assert out.images.shape == (4, 3, 32, 32) and out.query_embeds.shape[0] == 2
+    # the order is prompt-major: prompt 0's two images first; prompt 1 alone gives the same pair
+    single = run(pipe, sketch=sketch(3), text="blue", num_images_per_prompt=2).query_embeds
+    assert torch.allclose(out.query_embeds[1], single[0], atol=1e-6)
+    broadcast_text = run(pipe, sketch=torch.stack([sketch(), sketch(3)]), text="red")
+    broadcast_sketch = run(pipe, sketch=sketch(), text=["red", "blue", "green"])
+    assert broadcast_text.images.shape[0] == 2 and broadcast_sketch.images.shape[0] == 3
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert pipe(
+        text="red", num_images_per_prompt=2, generator=gens, num_inference_steps=2, output_type="np"
+    ).images.shape == (2, 32, 32, 3)
+
+
+def test_sketch_as_pil_and_path(pipe, tmp_path):
+    img = PIL.Image.fromarray((sketch()[0].numpy() * 255).astype(np.uint8))
+    img.save(tmp_path / "s.png")
+    a = run(pipe, sketch=img, text="red").images
+    b = run(pipe, sketch=str(tmp_path / "s.png"), text="red").images
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "scheduler_cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler]
+)
+def test_every_scheduler(scheduler_cls):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    a = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
+    b = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+def test_every_output_type(pipe, output_type):
+    out = run(pipe, text="red", num_images_per_prompt=2, output_type=output_type)
+    if output_type == "pil":
+        assert len(out.images) == 2 and all(isinstance(i, PIL.Image.Image) and i.size == (32, 32) for i in out.images)
+    elif output_type == "np":
+        assert isinstance(out.images, np.ndarray) and out.images.shape == (2, 32, 32, 3)
+    else:
+        assert isinstance(out.images, torch.Tensor) and out.images.shape == (2, 3, 32, 32)
+    images, query = pipe(text="red", num_inference_steps=1, output_type=output_type, return_dict=False)
+    assert query.shape == (1, pipe.encoder.embed_dim)
+
+
+def test_callback_on_step_end_each_step(pipe):
+    calls = []
+
+    def cb(p, step, timestep, kwargs):
+        calls.append((step, int(timestep)))
+        return {"latents": kwargs["latents"] * 0}
+
+    out = run(pipe, text="red", num_inference_steps=4, callback_on_step_end=cb)
+    assert [c[0] for c in calls] == [0, 1, 2, 3]
+    assert len({c[1] for c in calls}) == 4
+    assert torch.allclose(out.images, torch.full_like(out.images, 0.5))  # the callback's latents were used
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": math.nan}, "guidance_scale"),
+        ({"output_type": "jpg"}, "output_type"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        ({"text": ["a", "b", "c"], "sketch": [sketch(), sketch()]}, "text has 3 entries but sketch has 2"),
+        ({"text": None}, "give a sketch, text, or both"),
+        ({"text": 5}, "text must be"),
+        ({"text": []}, "text must be"),
+        ({"sketch": 3}, "sketch must be"),
+        ({"sketch": torch.full((3, 32, 32), 2.0)}, r"\[0, 1\]"),
+        ({"sketch": torch.ones(5, 32, 32)}, "sketch tensors"),
+        ({"query_embeds": torch.zeros(1, 32)}, "either text"),
+        ({"text": None, "query_embeds": torch.zeros(1, 7)}, "query_embeds must have width"),
+        ({"generator": [torch.Generator()] * 3}, "generator is a list of 3"),
+        ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
+    ],
+)
+def test_bad_arguments_raise_clear_value_errors(pipe, kwargs, match):
+    kwargs = {"text": "red", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(num_inference_steps=kwargs.pop("num_inference_steps", 1), **kwargs)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["encoder"] == ["duetgen.composed_query_encoder", "ComposedQueryEncoder"]
+    assert index["conditioner"] == ["duetgen.generator", "QueryConditioner"]
+    assert not list((tmp_path / "p").rglob("*.bin"))
+    loaded = load_pipeline(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(run(pipe, sketch=sketch(), text="red").images, run(loaded, sketch=sketch(), text="red").images)
+    # diffusers' loader found the custom components by the modules named in model_index.json
+    assert isinstance(loaded.conditioner, QueryConditioner) and isinstance(
+        loaded.encoder, duetgen.ComposedQueryEncoder
+    )
+    direct = DuetGenPipeline.from_pretrained(tmp_path / "p")
+    assert torch.equal(direct.conditioner.null_query, pipe.conditioner.null_query)
+
+
+def test_fp16_folder_loads_as_float32(pipe, tmp_path):
+    half = tiny_pipeline()
+    for m in (half.encoder, half.conditioner, half.unet):
+        m.half()
+    half.save_pretrained(tmp_path / "h")
+    loaded = load_pipeline(tmp_path / "h")
+    assert loaded.unet.dtype == loaded.encoder.dtype == torch.float32
+    loaded.set_progress_bar_config(disable=True)
+    a = run(loaded, sketch=sketch(), text="red").images
+    b = run(pipe, sketch=sketch(), text="red").images
+    assert (a - b).abs().max() < 0.05  # fp16 rounding of the weights only
+
+
+def test_unsafe_or_foreign_folders_are_refused(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    (tmp_path / "p" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_pipeline(tmp_path / "p")
+    pipe.save_pretrained(tmp_path / "q")
+    index = json.loads((tmp_path / "q" / "model_index.json").read_text())
+    index["encoder"] = ["os", "system"]
+    (tmp_path / "q" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="only diffusers, duetgen"):
+        load_pipeline(tmp_path / "q")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pipeline(tmp_path / "missing")
+    with pytest.raises(ValueError, match="use_safetensors=False"):
+        DuetGenPipeline.from_pretrained(tmp_path / "q", use_safetensors=False)
+
+
+def test_embedded_default_or_clear_error():
+    from duetgen.embedded import PIPELINE_DIR
+
+    if (PIPELINE_DIR / "model_index.json").is_file():
+        pipe = load_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        out = run(pipe, text="red", num_inference_steps=2)
+        assert out.images.shape[-1] == pipe.sample_size
+    else:
+        with pytest.raises(CheckpointError, match="embedded default generator is missing"):
+            load_pipeline()

@@ -1,0 +1,111 @@
+"""Two-step smoke runs of recipes/train_generator.py on a tiny encoder and a few world groups."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import duetgen
+from duetgen.backbones import get_clip_config
+from duetgen.pipelines import load_pipeline
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_generator.py"
+TINY = [
+    "--batch-size",
+    "4",
+    "--groups",
+    "4",
+    "--block-out-channels",
+    "8,16",
+    "--attention-levels",
+    "1",
+    "--cross-attention-dim",
+    "16",
+    "--log-every",
+    "1",
+    "--save-every",
+    "1",
+    "--threads",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("train_generator", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    enc = duetgen.ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny", sketch_fit="canvas")
+    folder = tmp_path_factory.mktemp("enc") / "encoder"
+    enc.save_pretrained(folder)
+    return folder
+
+
+def test_two_steps_then_resume(recipe, encoder_dir, tmp_path):
+    out = tmp_path / "run"
+    common = ["--encoder", str(encoder_dir), "--out", str(out), "--cache", str(tmp_path / "groups.npz"), *TINY]
+    recipe.main([*common, "--steps", "2"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    assert json.loads((out / "args.json").read_text())["batch_size"] == 4
+    assert json.loads((out / "state" / "step.json").read_text()) == {"step": 2}
+    files = {p.parent.name: p for p in (out / "pipeline").rglob("*.safetensors")}
+    assert set(files) == {"encoder", "conditioner", "unet"}
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(files["unet"]).values())  # shipped in fp16
+
+    pipe = load_pipeline(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == torch.float32 and pipe.sample_size == 64
+    images = pipe(text="red", num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
+    # the frozen encoder is shipped unchanged
+    enc = duetgen.load_encoder(encoder_dir)
+    sd = enc.state_dict()
+    assert all(torch.allclose(v.float(), sd[k].half().float()) for k, v in pipe.encoder.state_dict().items())
+
+    recipe.main([*common, "--steps", "3", "--resume"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+
+
+def test_yaml_config_and_encoder_grad(recipe, encoder_dir, tmp_path):
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(f"encoder: {encoder_dir}\nsteps: 1\nbatch-size: 2\nema_decay: 0\n")
+    out = tmp_path / "run"
+    recipe.main(
+        [
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "g.npz"),
+            "--encoder-grad",
+            "--encoder-lr",
+            "0.1",
+            *TINY[2:],
+        ]
+    )
+    args = json.loads((out / "args.json").read_text())
+    assert args["steps"] == 1 and args["batch_size"] == 2 and args["encoder_grad"]
+    trained = duetgen.load_encoder(out / "pipeline")
+    base = duetgen.load_encoder(encoder_dir)
+    assert not torch.allclose(trained.mapper[0].weight, base.mapper[0].weight.half().float())
+    assert torch.equal(trained.clip.token_embedding.weight, base.clip.token_embedding.weight.half().float())
+
+
+def test_bad_config_key(recipe, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("stpes: 3\n")
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--config", str(cfg), "--out", str(tmp_path)])
