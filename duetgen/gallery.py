@@ -473,6 +473,10 @@ class Gallery:
         emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
         with open(path / ITEMS) as fh:
             items = [json.loads(line) for line in fh if line.strip()]
+        for it in items:  # stored relative to the gallery folder (relocatable); absolute in memory
+            it["path"] = _from_stored(it["path"], path)
+        if manifest.get("root"):
+            manifest["root"] = _from_stored(manifest["root"], path)
         n = manifest["counts"]["items"]
         if emb.shape != (n, manifest["embed_dim"]) or len(items) != n:
             raise CheckpointError(
@@ -513,7 +517,7 @@ class Gallery:
             "counts": {"items": len(self), "skipped": int(self.manifest.get("counts", {}).get("skipped", 0))},
             "skipped": self.manifest.get("skipped", [])[:MAX_SKIPPED_LISTED],
             "next_id": self.next_id,
-            "root": self.manifest.get("root"),
+            "root": _to_stored(self.manifest.get("root"), path),
             "index": {"kind": index.kind, "requested": self.index_kind, "params": index.params},
             "regions": None,
             "created": self.manifest.get("created", now),
@@ -531,7 +535,8 @@ class Gallery:
         def write(tmp: Path) -> None:
             np.save(tmp / EMBEDDINGS, emb)
             with open(tmp / ITEMS, "w") as fh:
-                fh.writelines(json.dumps(it, separators=(",", ":")) + "\n" for it in self.items)
+                fh.writelines(json.dumps({**it, "path": _to_stored(it["path"], path)}, separators=(",", ":")) + "\n"
+                              for it in self.items)  # fmt: skip
             index.save(tmp / INDEX_FILE)
             if self.regions is not None:
                 np.save(tmp / REGIONS, np.asarray(self.regions, dtype=np.float16))
@@ -985,6 +990,20 @@ class GalleryBuilder:
             gallery.save(self.out)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return gallery
+
+
+def _to_stored(p: str | None, gallery_dir: Path) -> str | None:
+    """Image paths are stored relative to the gallery folder, so a gallery moves (or ships) with its photos."""
+    if p is None:
+        return None
+    try:
+        return os.path.relpath(p, os.path.abspath(gallery_dir))
+    except ValueError:  # another drive on Windows
+        return p
+
+
+def _from_stored(p: str, gallery_dir: Path) -> str:
+    return p if os.path.isabs(p) else os.path.normpath(os.path.join(os.path.abspath(gallery_dir), p))
 
 
 class _ShardWriter:

@@ -274,3 +274,16 @@ def test_two_process_build_equals_one_process(tmp_path, encoder, encoder_dir):
     one = Gallery.build(tmp_path / "p", encoder, tmp_path / "g1", batch_size=16, num_workers=0, progress=False)
     assert two.paths == one.paths == paths
     np.testing.assert_allclose(two.embeddings_f32(), one.embeddings_f32(), atol=1e-5)
+
+
+def test_gallery_moves_with_its_photos(tmp_path, encoder):
+    """Paths are stored relative to the gallery folder: a gallery shipped or moved with its photos still opens."""
+    write_photos(tmp_path / "a" / "photos", 6, nested=False)
+    Gallery.build(tmp_path / "a" / "photos", encoder, out=tmp_path / "a" / "gallery", progress=False)
+    stored = (tmp_path / "a" / "gallery" / "items.jsonl").read_text()
+    assert str(tmp_path) not in stored
+    os.rename(tmp_path / "a", tmp_path / "b")
+    g = Gallery.open(tmp_path / "b" / "gallery", encoder)
+    assert all(Path(p).is_file() and str(tmp_path / "b") in p for p in g.paths)
+    hit = g.search(encoder.encode_image(torch.rand(1, 3, 32, 32)).detach().numpy(), 1)[0][0]
+    assert Path(hit.path).is_file()
