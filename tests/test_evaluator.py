@@ -1,0 +1,179 @@
+"""The independent evaluator: shipped weights read world photos correctly, scoring, checkpoints, silhouettes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from duetgen import world
+from duetgen.errors import CheckpointError, DuetgenInputError
+from duetgen.evaluator import (
+    EVALUATOR_DIR,
+    HEADS,
+    WorldEvaluator,
+    instance_mask,
+    load_evaluator,
+    mask_iou,
+    summarise,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SEED = 555_002  # the evaluator's test stream; training uses 555_000, the held-out report 555_001
+
+shipped = pytest.mark.skipif(
+    not (EVALUATOR_DIR / "config.json").is_file(),
+    reason="shipped evaluator weights absent (train them with recipes/train_evaluator.py)",
+)
+
+
+def _photos(n: int, seed: int = TEST_SEED):
+    insts, attrs, photos = [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        inst, att = world.sample_instance(rng), world.sample_attributes(rng)
+        insts.append(inst)
+        attrs.append(att)
+        photos.append(world.render_photo(inst, att, 64, seed=int(rng.integers(2**31))))
+    return insts, attrs, np.stack(photos)
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    torch.set_num_threads(1)
+    return load_evaluator()
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    return _photos(50)
+
+
+@shipped
+def test_shipped_evaluator_reads_fresh_world_photos(evaluator, fresh):
+    insts, attrs, photos = fresh
+    scores = evaluator.score(photos, [{"instance": i, "attrs": a} for i, a in zip(insts, attrs, strict=True)])
+    s = summarise(scores)
+    # Measured on 1,000 held-out photos: see duetgen/embedded/evaluator/eval_report.json. Floors sit a little below.
+    assert s["shape"] >= 0.92, s
+    assert s["colour"] >= 0.94, s
+    assert s["pattern"] >= 0.88, s
+    assert s["domain"] >= 0.94, s
+    assert s["iou"] >= 0.85, s
+    assert scores["predicted"]["mask"].shape == (50, 64, 64)
+    assert scores["predicted"]["mask"].dtype == torch.bool
+
+
+@shipped
+def test_score_rejects_a_wrong_colour(evaluator, fresh):
+    insts, attrs, photos = fresh
+    i = next(j for j in range(50) if attrs[j].domain == "plain")
+    right = attrs[i]
+    wrong = "blue" if right.colour != "blue" else "red"
+    scores = evaluator.score(photos[i : i + 1].repeat(2, 0), [
+        {"instance": insts[i], "attrs": right},
+        {"instance": insts[i], "colour": wrong, "pattern": right.pattern},
+    ])  # fmt: skip
+    assert scores["colour_ok"].tolist() == [1.0, 0.0]
+    assert scores["shape_ok"].tolist() == [1.0, 1.0]  # the shape comes from the instance
+    assert np.isnan(scores["domain_ok"][1])  # not requested, not scored
+    assert scores["iou"][0] == scores["iou"][1] > 0.8
+
+
+@shipped
+def test_predict_accepts_pil_tensors_and_other_sizes(evaluator, fresh):
+    from PIL import Image
+
+    _, attrs, photos = fresh
+    big = [Image.fromarray(p).resize((128, 128), Image.BICUBIC) for p in photos[:4]]
+    as_tensor = torch.from_numpy(photos[:4]).permute(0, 3, 1, 2).float() / 255
+    a, b = evaluator.predict(big), evaluator.predict(as_tensor)
+    assert a["colour"] == b["colour"] == [x.colour for x in attrs[:4]]
+    assert a["mask"].shape == (4, 64, 64)
+
+
+def test_save_load_round_trip_is_identical(tmp_path):
+    torch.manual_seed(0)
+    model = WorldEvaluator(channels=(4, 8), decoder_channels=(4,), stem_stride=1).eval()
+    model.save_pretrained(str(tmp_path / "ev"))
+    assert json.loads((tmp_path / "ev" / "config.json").read_text())["shapes"] == list(world.SHAPES)
+    loaded = load_evaluator(tmp_path / "ev")
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    for head in (*HEADS, "mask"):
+        assert torch.equal(getattr(a, head), getattr(b, head)), head
+    assert b.mask.shape == (3, 64, 64) and a.shape.shape == (3, len(world.SHAPES))
+    p = loaded.predict(x)
+    assert all(len(p[h]) == 3 for h in HEADS) and p["mask"].shape == (3, 64, 64)
+
+
+def test_load_refuses_pickles_and_missing_folders(tmp_path):
+    model = WorldEvaluator(channels=(4, 8), decoder_channels=(4,), stem_stride=1)
+    model.save_pretrained(str(tmp_path / "ev"))
+    (tmp_path / "ev" / "diffusion_pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_evaluator(tmp_path / "ev")
+    with pytest.raises(CheckpointError):
+        load_evaluator(tmp_path / "nowhere")
+
+
+def test_bad_requests_and_configs_are_named():
+    model = WorldEvaluator(channels=(4, 8), decoder_channels=(4,), stem_stride=1)
+    with pytest.raises(DuetgenInputError, match="colour='teal'"):
+        model.score(torch.rand(1, 3, 64, 64), [{"colour": "teal"}])
+    with pytest.raises(DuetgenInputError, match="requests"):
+        model.score(torch.rand(2, 3, 64, 64), [{"colour": "red"}])
+    with pytest.raises(DuetgenInputError, match="decoder_channels"):
+        WorldEvaluator(channels=(4, 8, 16), decoder_channels=(4,))
+
+
+def _inside(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Even-odd ray casting: which points (M, 2) lie inside the closed polygon (N, 2)."""
+    x, y = pts[:, 0:1], pts[:, 1:2]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > y) != (y1 > y)
+    xi = x0 + (y - y0) * (x1 - x0) / np.where(y1 == y0, 1e-12, y1 - y0)
+    return (crosses & (x < xi)).sum(1) % 2 == 1
+
+
+def test_instance_mask_matches_the_polygon():
+    inst = world.Instance("tee", 0.5, 0.5, 0.6, 0.0, (0.5, 0.5))  # upright T: bar on top, stem below
+    m = instance_mask(inst, 32)
+    assert m.shape == (32, 32) and m.dtype == bool
+    c = (np.arange(32) + 0.5) / 32
+    centres = np.stack(np.meshgrid(c, c), -1).reshape(-1, 2)  # (x, y) of each pixel centre, row-major
+    truth = _inside(inst.outline(), centres).reshape(32, 32)
+    assert (m != truth).mean() < 0.005  # a boundary pixel or two
+    assert (m != m[:, ::-1]).mean() < 0.005  # the T is symmetric left-right
+    rows = m.sum(1)
+    assert rows[m.any(1)].max() > 2 * rows[20]  # the bar is much wider than the stem
+    assert not m[0].any() and not m[:, 0].any()  # inside the canvas
+    assert m[16, 16]  # the stem passes through the centre
+    soft = instance_mask(inst.to_dict(), 32, soft=True)  # a dict works too
+    assert soft.dtype == np.float32 and np.array_equal(soft >= 0.5, m)
+
+
+def test_mask_iou():
+    a = np.zeros((2, 8, 8), bool)
+    b = np.zeros((2, 8, 8), bool)
+    a[0, :4], b[0, 2:6] = True, True
+    assert mask_iou(a, b).tolist() == [pytest.approx(2 / 6), 1.0]  # the second pair is empty on both sides
+
+
+@shipped
+def test_benchmark_real_photos_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_generation_fidelity as bench
+
+    result = bench.main(["--real-photos", "--n", "8", "--samples", "2", "--out", str(tmp_path / "r.json"),
+                         "--sheet", str(tmp_path / "sheet.png"), "--sheet-rows", "3"])  # fmt: skip
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"] == result["metrics"]
+    assert result["metrics"]["colour"] >= 0.8 and result["metrics"]["iou"] >= 0.8
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    sys.modules.pop("bench_generation_fidelity", None)

@@ -1,0 +1,311 @@
+"""The user recipes end to end: attribute transfer, batch sketch+text generation, scene retrieval.
+
+Tiny real models (random weights) saved to a temp folder run every recipe's plumbing; the semantic checks need the
+shipped embedded model and evaluator and are skipped while they are absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import duetgen
+from duetgen import world
+from duetgen.backbones import get_clip_config
+from duetgen.evaluator import EVALUATOR_DIR, WorldEvaluator, instance_mask, mask_iou
+from duetgen.pipelines import DuetGenPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def embedded_pipeline_present() -> bool:
+    from duetgen.embedded import PIPELINE_DIR
+
+    return (PIPELINE_DIR / "model_index.json").is_file() and (PIPELINE_DIR / "unet").is_dir()
+
+
+needs_pipeline = pytest.mark.skipif(not embedded_pipeline_present(), reason="embedded pipeline not shipped yet")
+needs_evaluator = pytest.mark.skipif(not (EVALUATOR_DIR / "config.json").is_file(), reason="evaluator not shipped yet")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe_dir(tmp_path_factory) -> Path:
+    """A tiny DuetGenPipeline (32 px, random weights) saved with save_pretrained."""
+    torch.manual_seed(0)
+    encoder = duetgen.ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny",
+                                           sketch_fit="canvas")  # fmt: skip
+    pipe = DuetGenPipeline.from_encoder(encoder.eval(), sample_size=32, block_out_channels=(8, 16),
+                                        attention_levels=1, norm_num_groups=4, cross_attention_dim=16,
+                                        attention_head_dim=8)  # fmt: skip
+    with torch.no_grad():
+        pipe.conditioner.null_query.normal_()
+    path = tmp_path_factory.mktemp("tiny") / "pipe"
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluator_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    ev = WorldEvaluator(channels=(4, 8, 8, 8, 8), decoder_channels=(8, 8, 8, 4), silhouette_channels=4,
+                        polar_size=(8, 16))  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny") / "evaluator"
+    ev.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world_inputs(tmp_path_factory) -> dict:
+    """Four world sketches and two world photos (128 px), plus an unreadable file."""
+    d = tmp_path_factory.mktemp("inputs")
+    sketches, photos = [], []
+    for i in range(4):
+        rng = np.random.default_rng([424_242, i])
+        inst, attrs = world.sample_instance(rng), world.sample_attributes(rng)
+        sketches.append(d / f"s{i}.png")
+        Image.fromarray(world.render_sketch(inst, 128, seed=i)).save(sketches[-1])
+        if i < 2:
+            photos.append(d / f"p{i}.png")
+            Image.fromarray(world.render_photo(inst, attrs, 128, seed=i)).save(photos[-1])
+    (d / "bad.png").write_bytes(b"this is not an image")
+    return {"dir": d, "sketches": sketches, "photos": photos, "bad": d / "bad.png"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attribute transfer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_photo_outline_follows_the_object():
+    """The outline a photo enters through matches the object's true silhouette across all four domains."""
+    at = load_recipe("attribute_transfer")
+    ious = []
+    for i in range(24):
+        rng = np.random.default_rng([424_243, i])
+        inst = world.sample_instance(rng)
+        attrs = world.Attributes(tuple(world.COLOURS)[i % 8], world.PATTERNS[i % 4], world.DOMAINS[(i // 2) % 4])
+        mask = at.photo_silhouette(Image.fromarray(world.render_photo(inst, attrs, 64, seed=i)))
+        m64 = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((64, 64), Image.BILINEAR)) > 127
+        ious.append(float(mask_iou(m64, instance_mask(inst, 64))))
+    assert np.mean(ious) > 0.75 and min(ious) > 0.4, ious
+    outline = at.outline_sketch(mask, 64)
+    assert outline.shape == (3, 64, 64) and 0 <= outline.min() < 0.5 and outline.max() == 1.0
+    assert (outline < 0.5).float().mean() < 0.2  # a stroke, not a filled blob
+
+
+def test_attribute_transfer_end_to_end(tiny_pipe_dir, world_inputs, tmp_path):
+    at = load_recipe("attribute_transfer")
+    phrases = ["in pixel art", "with stripes"]
+    argv = ["--model", str(tiny_pipe_dir), "--sketches", *map(str, world_inputs["sketches"][:2]),
+            "--photos", str(world_inputs["photos"][0]), str(tmp_path / "missing.png"), "--phrases", *phrases,
+            "--steps", "2", "--k", "2", "--gallery-size", "10", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    res = at.main(argv)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["pairs"] == res["pairs"] and len(res["pairs"]) == 3 * len(phrases)
+    assert [f["input"] for f in res["failed_inputs"]] == [str(tmp_path / "missing.png")]
+    gallery_paths = {str(p) for p in (Path(res["gallery"]).parent / "photos").glob("*.png")}
+    assert len(gallery_paths) == 10
+    for i, pair in enumerate(res["pairs"]):
+        assert pair["phrase"] == phrases[i % 2] and pair["seed"] == i
+        assert len(pair["retrieved"]) == 2 and {r["path"] for r in pair["retrieved"]} <= gallery_paths
+        assert pair["retrieved"][0]["score"] >= pair["retrieved"][1]["score"]
+        assert Image.open(pair["generated"]).size == (32, 32)
+    assert [p["kind"] for p in res["pairs"]] == ["sketch"] * 4 + ["photo"] * 2
+    # the phrase enters the query: the same input with two phrases ranks the gallery differently
+    scores = [[r["score"] for r in p["retrieved"]] for p in res["pairs"][:2]]
+    assert scores[0] != scores[1]
+    sheet = Image.open(out / "sheet.png")
+    assert sheet.size[1] == 18 + 6 * (96 + 4) + 4  # header + one row per pair
+    # a second run reuses the cached gallery and reproduces the images (seeds are per pair)
+    manifest = Path(res["gallery"]) / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    first = np.asarray(Image.open(res["pairs"][0]["generated"]))
+    res2 = at.main(argv[:-1] + [str(tmp_path / "out2")])
+    assert manifest.stat().st_mtime_ns == before and res2["gallery"] == res["gallery"]
+    assert np.array_equal(first, np.asarray(Image.open(res2["pairs"][0]["generated"])))
+
+
+def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir, tmp_path):
+    at = load_recipe("attribute_transfer")
+    res = at.main(["--evaluate", "--model", str(tiny_pipe_dir), "--evaluator", str(tiny_evaluator_dir), "--n", "6",
+                   "--steps", "2", "--out", str(tmp_path / "ev")])  # fmt: skip
+    assert res["gallery_size"] == 4 * 6 and res["n"] == 6
+    for name in ("retrieval", "generation", "real_photo_ceiling"):
+        for key in ("attribute", "shape_kept", "success", "others_kept"):
+            assert 0.0 <= res[name][key] <= 1.0
+        assert res[name]["success"] <= min(res[name]["attribute"], res[name]["shape_kept"])
+    assert [it["kind"] for it in res["items"]] == ["colour", "pattern", "domain"] * 2
+    for it in res["items"]:  # exactly one attribute changes, and the phrase names the new value
+        changed = [k for k in ("colour", "pattern", "domain") if it["source"][k] != it["target"][k]]
+        assert changed == [it["kind"]]
+        assert it["target"][it["kind"]] in it["phrase"] or it["phrase"] in at.DOMAIN_PHRASES.values()
+    lp = res["lpips"]
+    assert (lp["available"] and lp["generation"] >= 0) or ("LPIPS" in lp["reason"] and not lp["available"])
+    assert Image.open(tmp_path / "ev" / "sheet.png").size[1] == 18 + 6 * 100 + 4
+
+
+@needs_pipeline
+@needs_evaluator
+def test_attribute_transfer_with_the_shipped_model(tmp_path):
+    """With the embedded model, retrieval carries the new attribute and finds the source instance far above chance.
+
+    Floors sit below the figures measured at 96 sources (recipes/README.md) and far above chance (attribute: 1/8 to
+    1/4; the exact target among 4 * 24 photos in the top 5: 5 %); the generation figures are reported, not gated.
+    """
+    at = load_recipe("attribute_transfer")
+    res = at.main(["--evaluate", "--n", "24", "--steps", "10", "--out", str(tmp_path / "ev")])
+    assert res["real_photo_ceiling"]["success"] >= 0.85  # the evaluator reads real target photos right
+    assert res["retrieval"]["attribute"] >= 0.6, res["retrieval"]
+    assert res["retrieval"]["target_at_5"] >= 0.3 and res["retrieval"]["others_kept"] >= 0.4, res["retrieval"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch sketch + text generation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_rows(path: Path, inputs: dict, rows: list[tuple[str, str, str]]) -> Path:
+    lines = ["sketch,words,seed"] + [",".join(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("*.png"))}
+
+
+def test_batch_generation_resume_and_bad_rows(tiny_pipe_dir, world_inputs, tmp_path, capsys):
+    gen = load_recipe("sketch_text_generation")
+    s = [str(p) for p in world_inputs["sketches"]]
+    rows = write_rows(tmp_path / "rows.csv", world_inputs, [
+        (s[0], "red with stripes in pixel art", "7"),
+        (s[1], "solid blue at night", ""),
+        (str(tmp_path / "missing.png"), "green with dots", ""),  # missing file
+        ("", "", ""),  # no sketch, no words
+        (s[2], "", ""),  # sketch only
+        ("", "pink with checks in a painting", "3"),  # text only
+        (str(world_inputs["bad"]), "red", ""),  # unreadable sketch
+        (s[3], "yellow with dots in a photo", "11"),
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--model", str(tiny_pipe_dir), "--steps", "2", "--seed", "100"]
+    assert gen.main([str(rows), *common, "--limit", "2"]) == 0
+    first = mtimes(out / "images")
+    assert len(first) == 2
+    time.sleep(0.05)
+    capsys.readouterr()
+    assert gen.main([str(rows), *common, "--batch", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "done 3, skipped 2 (already done), failed 3 of 8 rows" in captured.out
+    after = mtimes(out / "images")
+    assert {k: after[k] for k in first} == first  # finished outputs untouched
+    assert len(after) == 5 and not list((out / "images").glob(".*"))
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["row"] for m in manifest] == list(range(8))  # compacted: one line per row
+    status = {m["row"]: m["status"] for m in manifest}
+    assert [r for r, st in status.items() if st == "failed"] == [2, 3, 6]
+    errors = {m["row"]: m.get("error", "") for m in manifest}
+    assert "missing.png" in errors[2] and "no sketch and no words" in errors[3] and "bad.png" in errors[6]
+    assert [m["seed"] for m in manifest if m["status"] == "done"] == [7, 101, 104, 3, 11]  # given or --seed + row
+    for m in manifest:
+        if m["status"] == "done":
+            assert Image.open(out / m["output"]).size == (32, 32)
+    assert Image.open(out / "grid.png").size[0] > 0
+    # every row's image depends on its seed alone, not on the batch it was generated in
+    alone = tmp_path / "alone"
+    assert gen.main([str(rows), "--out", str(alone), "--model", str(tiny_pipe_dir), "--steps", "2", "--seed", "100",
+                     "--batch", "1"]) == 0  # fmt: skip
+    for name in after:
+        a = np.asarray(Image.open(out / "images" / name), dtype=int)
+        b = np.asarray(Image.open(alone / "images" / name), dtype=int)
+        assert np.abs(a - b).max() <= 2, name
+
+
+def test_batch_generation_jsonl_and_all_failed(tiny_pipe_dir, world_inputs, tmp_path, capsys):
+    gen = load_recipe("sketch_text_generation")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join([json.dumps({"sketch": "s0.png", "words": "red", "seed": 5}), "{not json",
+                               json.dumps({"words": "blue at night"})]) + "\n")  # fmt: skip
+    # relative sketch paths are relative to the rows file: copy one sketch next to it
+    (tmp_path / "s0.png").write_bytes(world_inputs["sketches"][0].read_bytes())
+    out = tmp_path / "out"
+    assert gen.main([str(rows), "--out", str(out), "--model", str(tiny_pipe_dir), "--steps", "1"]) == 0
+    assert "done 2, skipped 0 (already done), failed 1 of 3 rows" in capsys.readouterr().out
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["status"] for m in manifest] == ["done", "failed", "done"] and manifest[2]["seed"] == 2
+    bad = tmp_path / "bad.csv"
+    write_rows(bad, world_inputs, [("", "", ""), (str(tmp_path / "nope.png"), "red", "")])
+    assert gen.main([str(bad), "--out", str(tmp_path / "bad_out"), "--model", str(tiny_pipe_dir)]) == 1
+    assert "done 0, skipped 0 (already done), failed 2 of 2 rows" in capsys.readouterr().out
+
+
+def test_batch_generation_survives_a_kill(tiny_pipe_dir, world_inputs, tmp_path):
+    """Kill the recipe after its first outputs appear; a rerun keeps them and completes the rest."""
+    s = [str(p) for p in world_inputs["sketches"]]
+    rows = write_rows(tmp_path / "rows.csv", world_inputs, [(s[i % 4], f"word {i}", "") for i in range(10)])
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(RECIPES / "sketch_text_generation.py"), str(rows), "--out", str(out), "--model",
+           str(tiny_pipe_dir), "--steps", "40", "--batch", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "images").glob("*.png"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = mtimes(out / "images")
+    assert 2 <= len(before) < 10, "the run finished before it could be interrupted"
+    r = subprocess.run(cmd[:-4] + ["--steps", "40", "--batch", "4"], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"skipped {len(before)} (already done), failed 0 of 10 rows" in r.stdout
+    after = mtimes(out / "images")
+    assert len(after) == 10 and {k: after[k] for k in before} == before
+    assert not list((out / "images").glob(".*"))  # no temp file left behind
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["row"] for m in manifest] == list(range(10)) and all(m["status"] == "done" for m in manifest)
+
+
+@needs_pipeline
+def test_batch_generation_with_the_shipped_model(world_inputs, tmp_path):
+    gen = load_recipe("sketch_text_generation")
+    rows = write_rows(tmp_path / "rows.csv", world_inputs, [(str(world_inputs["sketches"][0]), "solid red", "1")])
+    assert gen.main([str(rows), "--out", str(tmp_path / "out"), "--steps", "5"]) == 0
+    (image,) = (tmp_path / "out" / "images").glob("*.png")
+    assert Image.open(image).size[0] >= 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scene retrieval
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_scene_retrieval_recipe_runs(tiny_pipe_dir, tmp_path):
+    sr = load_recipe("scene_retrieval")
+    res = sr.main(["--model", str(tiny_pipe_dir / "encoder"), "--scenes", "6", "--queries", "4", "--size", "64",
+                   "--work", str(tmp_path / "work"), "--out", str(tmp_path / "scene.json")])  # fmt: skip
+    saved = json.loads((tmp_path / "scene.json").read_text())
+    for name in ("sketch", "sketch+words"):
+        assert 0.0 <= saved[name]["map_regions"] <= 1.0 and 0.0 <= saved[name]["map_global"] <= 1.0
+    assert res["regions_per_item"] == 35
