@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import world
+from .metrics import acc_at_k
 from .world_dataset import to_float
 
 BENCHMARK_SEED = 987_654
@@ -77,8 +78,9 @@ def build_twin_benchmark(
 
 
 def _acc(sim: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    rank = (sim > sim.gather(1, target[:, None])).sum(1)  # (Q,) number of photos scored above the target
-    return {f"acc@{k}": float((rank < k).float().mean()) for k in ks}
+    """Acc@K through :func:`duetgen.metrics.acc_at_k` (ties broken by gallery index), keyed ``acc@K``."""
+    res = acc_at_k(sim.cpu().numpy(), target.cpu().numpy(), ks=ks)
+    return {f"acc@{k}": float(res[f"Acc@{k}"]) for k in ks}
 
 
 @torch.no_grad()
