@@ -37,7 +37,8 @@ _LAZY = {
     "read_sketch": "sketch_input",
 }
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported through __all__
+    # ruff: noqa: F401
     from .backbones import build_clip, list_backbones, load_clip, register_backbone
     from .composed_query_encoder import ComposedQueryEncoder, PhotoEmbedding, encoder_from_backbone
     from .gallery import Gallery, GalleryBuilder, SearchResult
