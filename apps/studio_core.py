@@ -15,6 +15,12 @@ Configuration comes from environment variables, which ``duetgen studio`` sets fr
   cache folder are always allowed.
 * ``DUETGEN_STUDIO_CACHE``: where demo scene galleries are built (default ``~/.cache/duetgen/studio``).
 * ``DUETGEN_STUDIO_SCENES``: number of demo scenes (default 48).
+* ``DUETGEN_STUDIO_MAX_UPLOAD_MB``: the largest file the studio accepts (default 10 MB).
+
+Confinement: a folder typed into the studio (model, gallery, scene gallery) is resolved (``~``, ``..`` and every
+symlink) and must lie inside an allowed folder, and so must everything inside it, symlinks included
+(:func:`allowed_path`); gallery photos outside the allowed folders are not shown (:func:`result_image`). Uploads are
+limited in size, extension and content (:func:`check_upload`). ``docs/limits.md`` lists every limit.
 """
 
 from __future__ import annotations
@@ -39,11 +45,47 @@ from duetgen.embedded import GALLERY_DIR, PIPELINE_DIR
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples"
 
-MAX_UPLOAD_MB = 10
-MAX_PIXELS = 4096 * 4096
-LIMITS = SketchLimits(max_pixels=MAX_PIXELS, max_file_bytes=MAX_UPLOAD_MB * 1024 * 1024)
+DEFAULT_MAX_UPLOAD_MB = 10
+MAX_PATH_CHARS = 4096  # a typed folder path longer than this is refused before it is resolved
+MAX_FOLDER_ENTRIES = 20_000  # entries of a typed model / gallery folder checked for symlinks leading outside
+
+
+def max_upload_mb() -> int:
+    """The upload limit in MB: ``DUETGEN_STUDIO_MAX_UPLOAD_MB`` (``duetgen studio --max-upload-mb``), default 10."""
+    raw = os.environ.get("DUETGEN_STUDIO_MAX_UPLOAD_MB", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        return DEFAULT_MAX_UPLOAD_MB
+    return value if value >= 1 else DEFAULT_MAX_UPLOAD_MB
+
+
+def upload_limits() -> SketchLimits:
+    """Sketch limits for uploads: the library's (``DUETGEN_MAX_PIXELS``... of :mod:`duetgen.limits`) with the file
+    size capped at the upload limit."""
+    from dataclasses import replace
+
+    base = duetgen.limits.sketch_limits()  # the public module duetgen.limits (docs/limits.md)
+    return replace(base, max_file_bytes=min(base.max_file_bytes, max_upload_mb() * 1024 * 1024))
+
+
+MAX_UPLOAD_MB = max_upload_mb()  # as the studio process was started (streamlit's own upload limit)
+MAX_PIXELS = upload_limits().max_pixels
+LIMITS = upload_limits()
 SKETCH_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "svg", "json", "ndjson", "npz", "npy")
 PHOTO_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
+# what a file of each accepted extension starts with (checked on upload: a renamed file is refused)
+_MAGIC = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpg": (b"\xff\xd8\xff",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "gif": (b"GIF87a", b"GIF89a"),
+    "bmp": (b"BM",),
+    "tif": (b"II*\x00", b"MM\x00*"),
+    "tiff": (b"II*\x00", b"MM\x00*"),
+    "npz": (b"PK\x03\x04", b"PK\x05\x06"),
+    "npy": (b"\x93NUMPY",),
+}
 _PHOTO_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 SCHEDULERS = {  # label -> diffusers class; all share the DDPM family's config
     "DDPM": "DDPMScheduler",
@@ -97,30 +139,66 @@ class StudioConfig:
         return cls(model, gallery, scene_gallery, allow, cache, n_scenes)
 
 
-def is_inside(path: Path, folders: list[Path]) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == f or f in real.parents for f in folders)
+def is_inside(path: str | os.PathLike, folders: list[Path]) -> bool:
+    """Whether ``path``, with ``~``, ``..`` and every symlink resolved, is one of ``folders`` or inside one."""
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return False
+    for f in folders:
+        f = Path(os.path.realpath(f))
+        if real == f or f in real.parents:
+            return True
+    return False
+
+
+def _outside(text: str, config: StudioConfig) -> DuetgenInputError:
+    dirs = ", ".join(str(d) for d in config.allow_dirs)
+    return DuetgenInputError(
+        f"'{text}' is outside the folders the studio may read ({dirs}); start it with --allow-dir to add one"
+    )
+
+
+def check_folder_confined(path: Path, config: StudioConfig, text: str) -> None:
+    """Refuses a folder holding a symlink (at any depth) that leads outside the allowed folders: the studio would
+    otherwise read what it points to when it loads the model or gallery."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            count += 1
+            if count > MAX_FOLDER_ENTRIES:
+                raise DuetgenInputError(f"'{text}' holds over {MAX_FOLDER_ENTRIES:,} files; pick the model or "
+                                        "gallery folder itself")  # fmt: skip
+            entry = os.path.join(dirpath, name)
+            if os.path.islink(entry) and not is_inside(entry, config.allow_dirs):
+                rel = os.path.relpath(entry, path)
+                raise DuetgenInputError(
+                    f"'{text}' holds a link ({rel}) to a place outside the folders the studio may read; "
+                    "start it with --allow-dir to add that place"
+                )
 
 
 def allowed_path(text: str, config: StudioConfig, what: str) -> Path:
-    """A folder typed into the studio, resolved (symlinks too) and checked against the allowed folders.
+    """A folder typed into the studio, resolved (``~``, ``..``, symlinks) and checked against the allowed folders,
+    with every symlink inside it checked too.
 
     Raises:
-        DuetgenInputError: empty, outside the allowed folders, missing or not a folder.
+        DuetgenInputError: empty, too long, outside the allowed folders (itself or through a link inside it),
+            missing or not a folder.
     """
     text = (text or "").strip()
     if not text:
         raise DuetgenInputError(f"type the path of a {what} folder")
+    if len(text) > MAX_PATH_CHARS or "\x00" in text:
+        raise DuetgenInputError(f"that {what} folder path is not a usable path (too long or with a NUL character)")
     path = Path(os.path.realpath(os.path.expanduser(text)))
     if not is_inside(path, config.allow_dirs):
-        dirs = ", ".join(str(d) for d in config.allow_dirs)
-        raise DuetgenInputError(
-            f"'{text}' is outside the folders the studio may read ({dirs}); start it with --allow-dir to add one"
-        )
+        raise _outside(text, config)
     if not path.exists():
         raise DuetgenInputError(f"{what} folder '{text}' does not exist")
     if not path.is_dir():
         raise DuetgenInputError(f"'{text}' is a file, not a {what} folder")
+    check_folder_confined(path, config, text)
     return path
 
 
@@ -201,14 +279,30 @@ def gallery_image_roots(gallery: Gallery) -> list[Path]:
 
 
 def check_upload(name: str, data: bytes, types: tuple[str, ...]) -> None:
-    """Refuses uploads over the size limit or of a type outside ``types`` (by file name)."""
+    """Refuses uploads over the size limit (``DUETGEN_STUDIO_MAX_UPLOAD_MB``), of a type outside ``types`` (by file
+    name), or whose content is not what the name says (a renamed file: checked by its first bytes)."""
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if ext not in types:
         raise DuetgenInputError(f"'{name}' is not an accepted file type; use one of: {', '.join(types)}")
-    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
-        raise DuetgenInputError(f"'{name}' is {len(data) / 1e6:.1f} MB, over the {MAX_UPLOAD_MB} MB upload limit")
+    limit = max_upload_mb()
+    if len(data) > limit * 1024 * 1024:
+        raise DuetgenInputError(
+            f"'{name}' is {len(data) / 1e6:.1f} MB, over the {limit} MB upload limit "
+            "(duetgen studio --max-upload-mb changes it)"
+        )
     if not data:
         raise DuetgenInputError(f"'{name}' is empty (0 bytes)")
+    head = bytes(data[:512])
+    if ext in _MAGIC:
+        ok = head.startswith(_MAGIC[ext])
+    elif ext == "webp":
+        ok = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    elif ext == "svg":
+        ok = b"<svg" in bytes(data[:65536]).lower()
+    else:  # json / ndjson: text of JSON objects or arrays
+        ok = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
+    if not ok:
+        raise DuetgenInputError(f"'{name}' is not a {ext.upper()} file inside (its content does not match its name)")
 
 
 def sketch_size(models: Models) -> int:
@@ -227,7 +321,7 @@ def read_sketch_source(source, models: Models, name: str = "sketch") -> torch.Te
     """
     fit = models.encoder.config.sketch_fit
     try:
-        return duetgen.load_sketch(source, fit=fit, size=sketch_size(models), limits=LIMITS)
+        return duetgen.load_sketch(source, fit=fit, size=sketch_size(models), limits=upload_limits())
     except DuetgenInputError as err:
         raise DuetgenInputError(str(err).replace("'<bytes>'", f"'{name}'").replace("'<image>'", f"'{name}'")) from err
 
@@ -253,16 +347,18 @@ def read_photo(source: bytes | str | os.PathLike, name: str = "photo") -> Image.
         data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
     except OSError as err:
         raise DuetgenInputError(f"photo '{name}' cannot be read: {err.strerror or err}") from err
-    if len(data) > LIMITS.max_file_bytes:
-        raise DuetgenInputError(f"photo '{name}' is over the {MAX_UPLOAD_MB} MB limit")
+    limits = upload_limits()
+    if len(data) > limits.max_file_bytes:
+        raise DuetgenInputError(f"photo '{name}' is over the {limits.max_file_bytes // (1024 * 1024)} MB limit")
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in _PHOTO_FORMATS:
                 raise DuetgenInputError(f"photo '{name}' is {im.format}, not one of {', '.join(_PHOTO_FORMATS)}")
             w, h = im.size
-            if w * h > MAX_PIXELS:
+            if w * h > limits.max_pixels:
                 raise DuetgenInputError(
-                    f"photo '{name}' is {w} x {h} pixels, over the limit of {MAX_PIXELS:,} pixels; make it smaller"
+                    f"photo '{name}' is {w} x {h} pixels, over the limit of {limits.max_pixels:,} pixels "
+                    "(DUETGEN_MAX_PIXELS); make it smaller"
                 )
             im.seek(0)
             photo = ImageOps.exif_transpose(im).convert("RGB")
@@ -339,11 +435,11 @@ def timed(fn: Callable, *args, **kwargs):
 def result_image(path: str, allowed: list[Path], box: tuple[int, int, int, int] | None = None) -> Image.Image | None:
     """A gallery photo for display (None when missing, unreadable or outside the allowed folders), with ``box``
     outlined."""
-    if not is_inside(Path(path), allowed):
+    if not is_inside(path, allowed):
         return None
     try:
         with Image.open(path) as im:
-            if im.size[0] * im.size[1] > MAX_PIXELS:
+            if im.size[0] * im.size[1] > upload_limits().max_pixels:
                 return None
             image = im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):

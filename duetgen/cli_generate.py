@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from . import limits
 from .cli import command
 from .errors import DuetgenInputError
 
@@ -24,9 +25,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="output image (.png/.jpg/.webp); several images: a grid here plus OUT-0.png, ..."
     )
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--steps", type=int, default=25,
+                   help="denoising steps (default 25; at most DUETGEN_MAX_STEPS, 1000)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image (default 0)")
-    p.add_argument("--num-images", type=int, default=1, help="how many images (default 1)")
+    p.add_argument("--num-images", type=int, default=1,
+                   help="how many images (default 1; at most DUETGEN_MAX_IMAGES, 64)")
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)"
     )
@@ -51,6 +54,11 @@ def _generate(args: argparse.Namespace) -> int:
         raise DuetgenInputError(f"--steps must be >= 1, got {args.steps}")
     if args.num_images < 1:
         raise DuetgenInputError(f"--num-images must be >= 1, got {args.num_images}")
+    lim = limits.current()
+    limits.check("max_steps", args.steps, "--steps", lim)
+    limits.check("max_images", args.num_images, "--num-images", lim)
+    if args.text:
+        limits.check("max_text_chars", len(args.text), "--text", lim)
     if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
         raise DuetgenInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     out = Path(args.out)

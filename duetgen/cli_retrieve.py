@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from . import limits
 from .cli import command
 from .errors import DuetgenInputError
 
@@ -47,7 +48,8 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", metavar="PHOTOS_DIR", help="folder of photos (searched recursively)")
     p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write (or update)")
     p.add_argument("--model", default=None, metavar="DIR", help="encoder folder or backbone (default: embedded)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default 64; at most DUETGEN_MAX_BATCH, 256)")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(2, cpus))")
     p.add_argument("--regions", action="store_true", help="also keep region embeddings (scene retrieval)")
     p.add_argument(
@@ -69,6 +71,7 @@ def _index(args: argparse.Namespace) -> int:
         raise DuetgenInputError(f"PHOTOS_DIR '{args.photos}' is not a folder")
     if args.batch_size < 1:
         raise DuetgenInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    limits.check("max_batch", args.batch_size, "--batch-size")
     encoder, source = _load_model(args.model)
     out = Path(os.path.expanduser(args.out))
     if (out / MANIFEST).is_file() and not args.rebuild:
@@ -104,7 +107,7 @@ def _retrieve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sketch", default=None, metavar="S", help="sketch file (png, jpg, svg, strokes json/npz)")
     p.add_argument("--text", default=None, help='words to compose with the sketch, e.g. "in red with stripes"')
     p.add_argument("--gallery", required=True, help="gallery folder written by 'duetgen index'")
-    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10; at most DUETGEN_MAX_K, 1000)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--sheet", default=None, metavar="OUT.png", help="write a contact sheet of the query and hits")
     p.add_argument(
@@ -142,6 +145,9 @@ def _retrieve(args: argparse.Namespace) -> int:
         raise DuetgenInputError("retrieve needs --sketch, --text or both")
     if args.k < 1:
         raise DuetgenInputError(f"-k must be >= 1, got {args.k}")
+    limits.check("max_k", args.k, "-k")
+    if args.text:
+        limits.check("max_text_chars", len(args.text), "--text")
     gallery_dir = Path(os.path.expanduser(args.gallery))
     if not gallery_dir.is_dir():
         raise DuetgenInputError(f"--gallery '{args.gallery}' is not a folder; build one with 'duetgen index'")
@@ -154,7 +160,8 @@ def _retrieve(args: argparse.Namespace) -> int:
     if args.sketch is not None:
         from .sketch_input import load_sketch
 
-        sketch = load_sketch(args.sketch, fit=encoder.config.sketch_fit, size=encoder.image_size)  # (3, S, S)
+        sketch = load_sketch(args.sketch, fit=encoder.config.sketch_fit, size=encoder.image_size,
+                             limits=limits.sketch_limits())  # (3, S, S)
     with torch.inference_mode():
         query = encoder.encode_query(sketch[None] if sketch is not None else None, [args.text] if args.text else None)
     results = gallery.search(query, args.k, regions=args.regions)[0]

@@ -8,7 +8,9 @@
 The studio lives outside the package, in ``apps/`` next to it, so it needs a source checkout installed with
 ``pip install -e .[studio]``. Flags reach the app as ``DUETGEN_STUDIO_*`` environment variables (documented in
 ``apps/studio_core.py``). Paths typed into the studio must lie inside the ``--allow-dir`` folders (default: the
-repository's ``samples/`` and the current directory; the ``--model`` and ``--gallery`` folders are always allowed).
+repository's ``samples/`` and the current directory; the ``--model`` and ``--gallery`` folders are always allowed),
+and so must every symlink inside a typed folder. Uploads are refused over ``--max-upload-mb`` (default 10 MB).
+``docs/limits.md`` lists every limit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .errors import DuetgenError, DuetgenInputError
 
 APP_RELATIVE = Path("apps") / "studio.py"
 MAX_UPLOAD_MB = 10
+"""Default upload limit of the studio in MB (``--max-upload-mb`` / ``DUETGEN_STUDIO_MAX_UPLOAD_MB``)."""
+MAX_UPLOAD_MB_CEILING = 1024
 
 
 def find_app() -> Path:
@@ -57,6 +61,9 @@ def _studio_args(p: argparse.ArgumentParser) -> None:
                    "samples/ and the current directory)")  # fmt: skip
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where demo scenes are built "
                    "(default ~/.cache/duetgen/studio)")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=int, default=None, metavar="MB",
+                   help=f"largest file the studio accepts (default {MAX_UPLOAD_MB}, or "
+                   "DUETGEN_STUDIO_MAX_UPLOAD_MB)")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="do not open a browser window")
     p.add_argument("--dry-run", action="store_true", help="print the streamlit command and exit")
 
@@ -87,12 +94,22 @@ def studio_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
         env["DUETGEN_STUDIO_ALLOW_DIRS"] = os.pathsep.join(dirs)
     if args.cache_dir:
         env["DUETGEN_STUDIO_CACHE"] = str(Path(os.path.expanduser(args.cache_dir)).resolve())
+    max_mb = args.max_upload_mb
+    if max_mb is None:
+        raw = env.get("DUETGEN_STUDIO_MAX_UPLOAD_MB", "").strip()
+        try:
+            max_mb = int(raw) if raw else MAX_UPLOAD_MB
+        except ValueError:
+            raise DuetgenInputError(f"DUETGEN_STUDIO_MAX_UPLOAD_MB={raw!r} is not a whole number of MB") from None
+    if not 1 <= max_mb <= MAX_UPLOAD_MB_CEILING:
+        raise DuetgenInputError(f"--max-upload-mb must be from 1 to {MAX_UPLOAD_MB_CEILING}, got {max_mb}")
+    env["DUETGEN_STUDIO_MAX_UPLOAD_MB"] = str(max_mb)
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(find_app()),
         "--server.port", str(args.port),
         "--server.address", args.address,
         "--server.headless", "true" if args.headless else "false",
-        "--server.maxUploadSize", str(MAX_UPLOAD_MB),
+        "--server.maxUploadSize", str(max_mb),
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
         "--theme.primaryColor", "#3b5bdb",

@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from . import limits
 from .backbones import build_clip
 from .errors import DuetgenInputError
 
@@ -266,13 +267,21 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         length = self.context_length
         ids = torch.zeros(batch, length, dtype=torch.long)
         eos = torch.empty(batch, dtype=torch.long)
+        max_chars = limits.current().max_text_chars
         for i, text in enumerate(words):
+            if text is not None and not isinstance(text, str):
+                raise DuetgenInputError(f"words must be strings, got {type(text).__name__} {text!r:.60}")
+            if text and len(text) > max_chars:  # checked before tokenising: a huge string costs time and cache memory
+                limits.check("max_text_chars", len(text), f"words {text[:30]!r}...")
             w = self.word_ids(text) if text else []
             end = 1 + n_prefix + len(w)
             if end >= length:
+                room = length - n_prefix - 2
+                shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
                 raise DuetgenInputError(
-                    f"words {text!r:.60} are too long: {len(w)} tokens + {n_prefix} prompt/sketch tokens + 2 exceed "
-                    f"this model's context of {length} tokens; use at most {length - n_prefix - 2} word tokens"
+                    f"words {shown} are too long for this model: {len(w)} word tokens, but only {room} fit "
+                    f"(context of {length} tokens, less {n_prefix} prompt/sketch tokens and start/end); "
+                    "use fewer words"
                 )
             ids[i, 0] = tok.sot_token_id
             ids[i, 1 + n_prefix : end] = torch.tensor(w, dtype=torch.long)

@@ -27,8 +27,13 @@ On disk (``FORMAT_VERSION`` 1), a gallery is a folder:
 
 **Atomic writes.** :meth:`Gallery.save` writes a complete temporary sibling folder (``.NAME.tmp-PID-*``), fsyncs it,
 then swaps it in with one ``renameat2(RENAME_EXCHANGE)`` (Linux; elsewhere two renames, and :meth:`Gallery.open`
-puts a stranded previous version back). Until that swap, readers see the previous gallery; a killed process leaves
-the previous gallery intact and, at worst, a stale temp folder that the next save removes.
+puts a stranded previous version back; :mod:`duetgen.atomic`). Until that swap, readers see the previous gallery; a
+killed process leaves the previous gallery intact and, at worst, a stale temp folder that the next save removes.
+:meth:`Gallery.open` reads every file through one descriptor of the folder, so a reader racing a writer gets one
+whole version, never the manifest of one and the embeddings of the next (``tests/test_crash_safety.py``).
+
+**Limits.** :meth:`Gallery.search` refuses more than ``DUETGEN_MAX_K`` results per query or ``DUETGEN_MAX_QUERIES``
+queries, and builds refuse a ``batch_size`` over ``DUETGEN_MAX_BATCH`` (:mod:`duetgen.limits`, ``docs/limits.md``).
 
 **Resumable builds.** :class:`GalleryBuilder` writes embeddings to a work folder beside the output
 (``.NAME.work``) as it goes: shard files of raw float32 rows, appended and flushed to the OS after every batch,
@@ -43,15 +48,12 @@ the model; files that cannot be decoded, broken links and symlink loops are skip
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as _dt
 import hashlib
 import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import recover_folder, write_folder_atomic
 from .errors import CheckpointError, DuetgenError, DuetgenInputError
 from .index import VectorIndex, as_float32
 from .scene_retrieval import RegionConfig, crop_windows, encode_regions
@@ -228,6 +231,9 @@ def _iter_embedded(
     errors) per batch, decoding in DataLoader workers."""
     if batch_size < 1:
         raise DuetgenInputError(f"batch_size must be >= 1, got {batch_size}")
+    from . import limits
+
+    limits.check("max_batch", batch_size, "batch_size", limits.current())
     num_workers = default_num_workers() if num_workers is None else num_workers
     if num_workers < 0:
         raise DuetgenInputError(f"num_workers must be >= 0, got {num_workers}")
@@ -265,94 +271,23 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swaps two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return True
-
-
-def _remove_stale_temps(dest: Path) -> None:
-    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def _recover(dest: Path) -> None:
     """After a crash between the two renames of a non-exchange swap, puts the previous version back."""
-    if dest.exists():
-        return
-    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and (olds[-1] / MANIFEST).is_file():
-        logger.warning("restoring gallery '%s' from %s left by an interrupted save", dest, olds[-1].name)
-        os.rename(olds[-1], dest)
+    if not dest.exists() and list(dest.parent.glob(f".{dest.name}.old-*")):
+        logger.warning("restoring gallery '%s' from a copy left by an interrupted save", dest)
+    recover_folder(dest, MANIFEST)
 
 
 def atomic_write_folder(dest: str | os.PathLike, write) -> Path:
     """Runs ``write(tmp_folder)`` and swaps the result in as ``dest``; the previous ``dest`` stays readable until the
     swap and is removed after it. ``dest`` must be absent, empty or a gallery."""
     dest = Path(os.path.abspath(os.path.expanduser(str(dest))))
-    dest.parent.mkdir(parents=True, exist_ok=True)
     _recover(dest)
     if dest.exists() and not dest.is_dir():
         raise DuetgenInputError(f"gallery path '{dest}' exists and is not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise DuetgenInputError(f"'{dest}' is a non-empty folder that is not a gallery; refusing to replace it")
-    _remove_stale_temps(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if not dest.exists():
-            os.rename(tmp, dest)
-        elif _exchange(tmp, dest):
-            shutil.rmtree(tmp)  # tmp now holds the previous version
-        else:  # pragma: no cover - non-Linux
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return write_folder_atomic(dest, write, marker=MANIFEST)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,6 +311,118 @@ def check_identity(gallery_identity: dict, encoder, where: str = "this gallery")
             f"{where} was built with encoder {_identity_str(gallery_identity)} but the encoder given is "
             f"{_identity_str(mine)}; search it with the encoder that built it (--model) or rebuild the gallery"
         )
+
+
+OPEN_ATTEMPTS = 20
+"""How often :meth:`Gallery.open` starts again when a concurrent save replaces the folder while it reads it."""
+
+
+class _VersionReplaced(Exception):
+    """The folder being read was replaced by a concurrent save: read the new version instead."""
+
+
+class _FolderVersion:
+    """One version of a gallery folder, for reading.
+
+    A save never changes a gallery folder in place: it swaps a complete new folder in (:mod:`duetgen.atomic`). On
+    POSIX, every file is opened relative to a descriptor of the folder taken once, so all files come from the same
+    version, and a file gone missing means that version was replaced and removed meanwhile (:class:`_VersionReplaced`:
+    read again). Where directory descriptors are not available, the manifest is read again at the end and the read
+    restarts if it changed.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = None
+        if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            self.first_manifest = None
+        else:  # pragma: no cover - Windows
+            if not path.is_dir():
+                raise NotADirectoryError(path)
+            self.first_manifest = self._read_plain(MANIFEST, optional=True)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _replaced(self) -> bool:
+        if self.fd is None:  # pragma: no cover - Windows
+            return self._read_plain(MANIFEST, optional=True) != self.first_manifest
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        mine = os.fstat(self.fd)
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino) or mine.st_nlink == 0
+
+    def check_unchanged(self) -> None:
+        if self._replaced():
+            raise _VersionReplaced
+
+    def finish(self) -> None:
+        """Without directory descriptors, files were read by name: restart if the folder changed meanwhile."""
+        if self.fd is None:  # pragma: no cover - Windows
+            self.check_unchanged()
+
+    def _read_plain(self, name: str, optional: bool = False):  # pragma: no cover - Windows
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            if optional:
+                return None
+            raise
+
+    def open(self, name: str, *, missing: str | None = None, optional: bool = False):
+        """A binary file object for ``name``, or None (``optional``) when the file does not exist.
+
+        Raises:
+            _VersionReplaced: the file is gone because the folder was replaced: read again.
+            CheckpointError / DuetgenInputError: the file is missing from this version (``missing`` is the message).
+        """
+        try:
+            if self.fd is None:  # pragma: no cover - Windows
+                return open(self.path / name, "rb")
+            fd = self.fd
+            return open(name, "rb", opener=lambda p, flags: os.open(p, flags, dir_fd=fd))
+        except FileNotFoundError:
+            self.check_unchanged()
+            if optional:
+                return None
+            if missing is not None:
+                raise DuetgenInputError(missing) from None
+            raise CheckpointError(f"gallery '{self.path}' has no {name}; rebuild it with 'duetgen index'") from None
+
+    def read_bytes(self, name: str, *, missing: str | None = None, optional: bool = False) -> bytes | None:
+        fh = self.open(name, missing=missing, optional=optional)
+        if fh is None:
+            return None
+        with fh:
+            return fh.read()
+
+    def load_npy(self, name: str, mmap: bool) -> np.ndarray:
+        """An .npy array of this version, memory-mapped through the open file or read into memory (no pickles)."""
+        from numpy.lib import format as npf
+
+        with self.open(name) as fh:
+            try:
+                version = npf.read_magic(fh)
+                header = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+                shape, fortran, dtype = header(fh)
+                if dtype.hasobject:
+                    raise ValueError("object arrays are not allowed")
+                count = int(np.prod(shape, dtype=np.int64))
+                order = "F" if fortran else "C"
+                if mmap and count:
+                    return np.memmap(fh, dtype=dtype, mode="r", shape=shape, order=order, offset=fh.tell())
+                data = np.fromfile(fh, dtype=dtype, count=count)
+                if data.size != count:
+                    raise ValueError(f"{data.size} of {count} values present")
+                return data.reshape(shape, order=order)
+            except ValueError as err:
+                self.check_unchanged()
+                raise CheckpointError(f"{name} in gallery '{self.path}' is damaged ({err}); rebuild it") from err
 
 
 class Gallery:
@@ -449,6 +496,9 @@ class Gallery:
     def open(cls, path: str | os.PathLike, encoder=None, *, mmap: bool = True) -> Gallery:
         """Loads a gallery folder.
 
+        Safe while another process saves over the same folder: every file is read from one version of it (see
+        :class:`_FolderVersion`); if that version is replaced while it is being read, the read starts again.
+
         Args:
             path: the folder written by :meth:`save` / :meth:`build`.
             encoder: if given, must be the encoder that built the gallery (else :class:`CheckpointError` naming both).
@@ -456,11 +506,31 @@ class Gallery:
         """
         path = Path(os.path.abspath(os.path.expanduser(str(path))))
         _recover(path)
-        mf = path / MANIFEST
-        if not mf.is_file():
-            raise DuetgenInputError(f"'{path}' is not a gallery (no {MANIFEST}); build one with 'duetgen index'")
+        for _attempt in range(OPEN_ATTEMPTS):
+            try:
+                folder = _FolderVersion(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise DuetgenInputError(
+                    f"'{path}' is not a gallery (no {MANIFEST}); build one with 'duetgen index'"
+                ) from None
+            try:
+                return cls._open_version(folder, encoder, mmap)
+            except _VersionReplaced:
+                continue
+            finally:
+                folder.close()
+        raise CheckpointError(
+            f"gallery '{path}' was replaced {OPEN_ATTEMPTS} times while it was being read; try again when the "
+            "process writing it is done"
+        )
+
+    @classmethod
+    def _open_version(cls, folder: _FolderVersion, encoder, mmap: bool) -> Gallery:
+        path = folder.path
+        raw = folder.read_bytes(MANIFEST, missing=f"'{path}' is not a gallery (no {MANIFEST}); build one with "
+                                "'duetgen index'")  # fmt: skip
         try:
-            manifest = json.loads(mf.read_text())
+            manifest = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{MANIFEST} in '{path}' is not valid JSON ({err})") from err
         if manifest.get("kind") != GALLERY_KIND or manifest.get("format_version") != FORMAT_VERSION:
@@ -470,31 +540,34 @@ class Gallery:
             )
         if encoder is not None:
             check_identity(manifest["encoder"], encoder, f"gallery '{path}'")
-        emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
-        with open(path / ITEMS) as fh:
-            items = [json.loads(line) for line in fh if line.strip()]
+        emb = folder.load_npy(EMBEDDINGS, mmap)
+        text = folder.read_bytes(ITEMS).decode("utf-8")
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
         for it in items:  # stored relative to the gallery folder (relocatable); absolute in memory
             it["path"] = _from_stored(it["path"], path)
         if manifest.get("root"):
             manifest["root"] = _from_stored(manifest["root"], path)
         n = manifest["counts"]["items"]
         if emb.shape != (n, manifest["embed_dim"]) or len(items) != n:
+            folder.finish()
             raise CheckpointError(
                 f"gallery '{path}' is inconsistent: manifest says {n} items of dim {manifest['embed_dim']}, "
                 f"{EMBEDDINGS} has shape {emb.shape}, {ITEMS} has {len(items)} rows"
             )
         regions = region_config = boxes = None
         if manifest.get("regions"):
-            regions = np.load(path / REGIONS, mmap_mode="r" if mmap else None, allow_pickle=False)
+            regions = folder.load_npy(REGIONS, mmap)
             region_config = RegionConfig.from_dict(manifest["regions"]["config"])
             boxes = np.asarray(manifest["regions"]["boxes"], dtype=np.float32)
         idx = manifest["index"]
         index = None
-        if (path / INDEX_FILE).is_file():
-            index = VectorIndex.load(path / INDEX_FILE, idx["kind"], idx.get("params"))
+        data = folder.read_bytes(INDEX_FILE, optional=True)
+        if data is not None:
+            index = VectorIndex.from_bytes(data, idx["kind"], idx.get("params"))
             if index.ntotal != n:
                 logger.warning("index of '%s' has %d rows for %d items; rebuilding it", path, index.ntotal, n)
                 index = None
+        folder.finish()
         return cls(emb, items, manifest["encoder"], regions=regions, region_config=region_config,
                    region_boxes=boxes, index=index, index_kind=idx.get("requested", "auto"),
                    dtype=manifest["dtype"], path=path, manifest=manifest)  # fmt: skip
@@ -544,11 +617,18 @@ class Gallery:
 
         self.path = atomic_write_folder(path, write)
         self.manifest = manifest
-        # Re-open the arrays from the new files, so memory maps never point at a replaced folder.
-        mm = "r"
-        self.embeddings = np.load(self.path / EMBEDDINGS, mmap_mode=mm)
-        if self.regions is not None:
-            self.regions = np.load(self.path / REGIONS, mmap_mode=mm)
+        # Memory-map the arrays just written (kept in memory if another save replaced the folder meanwhile).
+        try:
+            folder = _FolderVersion(self.path)
+            try:
+                if folder.read_bytes(MANIFEST) == json.dumps(manifest, indent=2).encode():
+                    self.embeddings = folder.load_npy(EMBEDDINGS, True)
+                    if self.regions is not None:
+                        self.regions = folder.load_npy(REGIONS, True)
+            finally:
+                folder.close()
+        except (OSError, _VersionReplaced):
+            pass
         return self.path
 
     # ------------------------------------------------------------------------------------------------------
@@ -612,7 +692,21 @@ class Gallery:
 
         Returns:
             For (Q, D) queries, Q lists of :class:`SearchResult` (best first); for a (D,) query, one list.
+
+        Raises:
+            DuetgenInputError: ``k`` or the number of queries is over its limit (``DUETGEN_MAX_K``,
+                ``DUETGEN_MAX_QUERIES``; :mod:`duetgen.limits`), or the queries have the wrong shape.
         """
+        from . import limits
+
+        lim = limits.current()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise DuetgenInputError(f"k must be an integer >= 1, got {k!r}")
+        limits.check("max_k", int(k), "k", lim)
+        if not isinstance(query_embeds, (torch.Tensor, np.ndarray)):
+            query_embeds = as_float32(query_embeds)
+        n_queries = 1 if query_embeds.ndim == 1 else len(query_embeds)
+        limits.check("max_queries", n_queries, "the number of queries", lim)
         if regions:
             from .scene_retrieval import search_scenes
 

@@ -226,5 +226,13 @@ class VectorIndex:
             raise DuetgenInputError(f"index file '{path}' is missing")
         return cls(_faiss().read_index(str(path)), kind, params)
 
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: str, params: dict | None = None) -> VectorIndex:
+        """An index from the bytes of a file written by :meth:`save` (read through an already open file, so a
+        gallery is read from one consistent version of its folder)."""
+        if not data:
+            raise DuetgenInputError("the index file is empty")
+        return cls(_faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8)), kind, params)
+
     def __repr__(self) -> str:
         return f"VectorIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim}, params={self.params})"

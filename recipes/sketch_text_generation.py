@@ -41,7 +41,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from duetgen import load_sketch
+from duetgen import limits, load_sketch
 from duetgen.errors import DuetgenError
 from duetgen.pipelines import load_pipeline
 
@@ -56,12 +56,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=25, help="num_inference_steps")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance_scale")
     p.add_argument("--seed", type=int, default=0, help="seed of a row without one: --seed + row number")
-    p.add_argument("--batch", type=int, default=4, help="rows per pipeline call")
+    p.add_argument("--batch", type=int, default=4, help="rows per pipeline call (at most DUETGEN_MAX_BATCH, 256)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of the file")
     p.add_argument("--grid-columns", type=int, default=6, help="tiles per grid row")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or (args.limit is not None and args.limit < 0):
         p.error("--steps and --batch must be >= 1 and --limit >= 0")
+    try:
+        limits.check("max_batch", args.batch, "--batch")
+        limits.check("max_steps", args.steps, "--steps")
+    except DuetgenError as err:
+        p.error(str(err))
     return args
 
 
@@ -234,6 +239,7 @@ def main(argv=None) -> int:
         else:
             todo.append(r)
 
+    sketch_limits = limits.sketch_limits()
     pipe = load_pipeline(args.model) if todo else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
@@ -274,7 +280,7 @@ def main(argv=None) -> int:
         sketch = None
         if r.get("sketch_path") is not None:
             try:
-                sketch = load_sketch(r["sketch_path"], fit=fit, size=load_size)  # (3, S, S)
+                sketch = load_sketch(r["sketch_path"], fit=fit, size=load_size, limits=sketch_limits)  # (3, S, S)
             except (DuetgenError, OSError) as err:
                 n_failed += 1
                 logger.warning("row %d failed: %s", r["row"], err)

@@ -25,6 +25,7 @@ import torch
 
 import duetgen
 from duetgen import world_dataset as wd
+from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.duet_losses import DuetLossConfig, duet_losses
 from duetgen.world_benchmark import build_twin_benchmark, evaluate_twin_benchmark
 
@@ -50,6 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for f in dataclasses.fields(DuetLossConfig):
         if f.type in ("float", "int") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    p.add_argument(
+        "--train-visual",
+        action="store_true",
+        help="also fine-tune every weight of the visual encoder V (at --visual-lr-scale x lr): the small stand-in CLIP "
+        "has too little capacity for LayerNorm-only tuning to learn sketch-to-photo geometry",
+    )
+    p.add_argument("--visual-lr-scale", type=float, default=0.1)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")
     return p.parse_args(argv)
 
@@ -85,7 +93,15 @@ def main(argv=None) -> None:
     assert not unexpected and all(k.startswith("visual_prompts") for k in missing), (missing, unexpected)
     encoder.init_prompt_from_text()
     params = encoder.set_trainable("duet")
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    groups_ = [{"params": params, "lr": args.lr}]
+    if args.train_visual:
+        seen = {id(p) for p in params}
+        visual = [p for p in encoder.clip.visual.parameters() if id(p) not in seen]
+        for p in visual:
+            p.requires_grad_(True)
+        groups_.append({"params": visual, "lr": args.lr * args.visual_lr_scale})
+        params = params + visual
+    opt = torch.optim.AdamW(groups_, lr=args.lr, weight_decay=0.0)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -98,10 +114,13 @@ def main(argv=None) -> None:
     model = acc.unwrap_model(encoder)
     state_dir = out / "state"
     start = 0
-    if args.resume and (state_dir / "step.json").is_file():
-        acc.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
+    saved = load_training_state(acc, state_dir) if args.resume else None
+    if saved is not None:
+        start = saved["step"]
         acc.print(f"resumed at step {start}")
+    if acc.is_main_process:
+        truncate_log(out / "log.jsonl", start)  # steps after the saved state are run (and logged) again
+        truncate_log(out / "eval.jsonl", start + 1)
 
     log = open(out / "log.jsonl", "a") if acc.is_main_process else None
     n_groups, G = len(groups), args.groups_per_batch
@@ -129,10 +148,7 @@ def main(argv=None) -> None:
             log.flush()
             acc.print(rec)
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            acc.wait_for_everyone()
-            acc.save_state(str(state_dir))
-            if acc.is_main_process:
-                (state_dir / "step.json").write_text(json.dumps({"step": step + 1}))
+            save_training_state(acc, state_dir, step + 1)  # temp folder + atomic swap: a kill never tears it
         if acc.is_main_process and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             res = evaluate_twin_benchmark(model, bench)
             evals.append({"step": step + 1, **res})

@@ -38,6 +38,7 @@ import torch
 
 import duetgen
 from duetgen import world_dataset as wd
+from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.generator import blank_sketch, count_parameters, drop_conditions, rec_loss, sketch_channel
 from duetgen.pipelines import DuetGenPipeline
 
@@ -193,16 +194,19 @@ def main(argv=None) -> None:
 
     state_dir = out / "state"
     start = 0
-    if args.resume and (state_dir / "step.json").is_file():
-        acc.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
+    saved = load_training_state(acc, state_dir) if args.resume else None
+    if saved is not None:
+        start = saved["step"]
         acc.print(f"resumed at step {start}")
+    if acc.is_main_process:
+        truncate_log(out / "log.jsonl", start + 1)  # records are numbered by steps done
     log = open(out / "log.jsonl", "a") if acc.is_main_process else None
-    gen = torch.Generator().manual_seed(args.seed * 100003 + start)
     unet.train()
     conditioner.train()
     t0, window, losses = time.time(), time.time(), []
     for step in range(start, args.steps):
+        # noise and condition dropout drawn from (seed, step) alone, so a resumed run repeats an uninterrupted one
+        gen = torch.Generator().manual_seed(args.seed * 100003 + step)
         photos, sketches, words, text_only = sample_batch(groups, args, step)
         photos, sketches = photos.to(acc.device), sketches.to(acc.device)
         size = photos.shape[-1]
@@ -241,9 +245,7 @@ def main(argv=None) -> None:
                 log.flush()
             acc.print(f"step {done}/{args.steps} loss {rec['loss']:.4f} ({rec['s_per_step']:.2f} s/step)")
         if done % args.save_every == 0 or done == args.steps:
-            acc.save_state(str(state_dir))
-            if acc.is_main_process:
-                (state_dir / "step.json").write_text(json.dumps({"step": done}))
+            save_training_state(acc, state_dir, done)  # temp folder + atomic swap: a kill never tears it
 
     acc.wait_for_everyone()
     if acc.is_main_process:

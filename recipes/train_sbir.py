@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import duetgen
+from duetgen.atomic import load_training_state, save_training_state
 from duetgen.duet_losses import DuetLossConfig, duet_losses
 from duetgen.zs_sbir import (
     DATASETS,
@@ -188,9 +189,9 @@ def main(argv=None) -> dict:
     # 3. resume
     state_dir = out / "state"
     start, best = 0, {"value": -1.0, "step": None}
-    if args.resume and (state_dir / "step.json").is_file():
-        acc.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
+    saved = load_training_state(acc, state_dir) if args.resume else None
+    if saved is not None:
+        start = saved["step"]
         if (out / "best.json").is_file():
             best = json.loads((out / "best.json").read_text())
         acc.print(f"resumed at step {start}")
@@ -253,10 +254,7 @@ def main(argv=None) -> dict:
         done = step + 1
         interrupted = args.max_steps_this_run is not None and ran >= args.max_steps_this_run
         if done % args.save_every == 0 or done == args.steps or interrupted:
-            acc.wait_for_everyone()
-            acc.save_state(str(state_dir))
-            if acc.is_main_process:
-                (state_dir / "step.json").write_text(json.dumps({"step": done}))
+            save_training_state(acc, state_dir, done)  # temp folder + atomic swap: a kill never tears it
         if acc.is_main_process and args.eval_every and (done % args.eval_every == 0 or done == args.steps):
             evaluate(done)
         if interrupted:

@@ -5,7 +5,9 @@ It stands in for CLIP's web-scale pre-training, which cannot be downloaded here.
 embeddings must represent (shape, coarse position and size, orientation, colour, pattern, domain) and parts are
 dropped at random, so a missing word means "any". A share of the batch are sketches captioned "a sketch of ...",
 as real CLIP saw line drawings. Uses accelerate (``accelerate launch`` for several processes), logs losses, saves a
-resumable state every ``--save-every`` steps and the final encoder with ``save_pretrained``.
+resumable state every ``--save-every`` steps and the final encoder with ``save_pretrained``. The state is written
+to a temporary folder and swapped in atomically, and batches depend only on (seed, step), so a run killed at any
+point and continued with ``--resume`` ends bit-identical to an uninterrupted one (tests/test_crash_safety.py).
 
     python recipes/train_world_clip.py --out runs/stage1 --steps 2000
 """
@@ -23,6 +25,7 @@ import torch
 
 import duetgen
 from duetgen import world_dataset as wd
+from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.backbones import get_clip_config
 from duetgen.duet_losses import clip_contrastive_loss
 
@@ -98,10 +101,12 @@ def main(argv=None) -> None:
     encoder, opt, sched = acc.prepare(encoder, opt, sched)
     state_dir = out / "state"
     start = 0
-    if args.resume and (state_dir / "step.json").is_file():
-        acc.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
+    saved = load_training_state(acc, state_dir) if args.resume else None
+    if saved is not None:
+        start = saved["step"]
         acc.print(f"resumed at step {start}")
+    if acc.is_main_process:
+        truncate_log(out / "log.jsonl", start)  # steps after the saved state are run (and logged) again
 
     model = acc.unwrap_model(encoder)
     n_groups = len(groups)
@@ -150,10 +155,7 @@ def main(argv=None) -> None:
             log.flush()
             acc.print(rec)
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            acc.wait_for_everyone()
-            acc.save_state(str(state_dir))
-            if acc.is_main_process:
-                (state_dir / "step.json").write_text(json.dumps({"step": step + 1}))
+            save_training_state(acc, state_dir, step + 1)  # temp folder + atomic swap: a kill never tears it
     acc.wait_for_everyone()
     if acc.is_main_process:
         model.save_pretrained(str(out / "encoder"))

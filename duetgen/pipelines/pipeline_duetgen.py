@@ -137,7 +137,9 @@ class DuetGenPipeline(DiffusionPipeline):
         """Validates the arguments of ``__call__`` and returns the batch size (number of prompts).
 
         Raises:
-            ValueError: naming the argument, what was received and what is valid.
+            ValueError: naming the argument, what was received and what is valid; a
+                :class:`~duetgen.errors.DuetgenInputError` (a ValueError) when the request is over a limit of
+                :mod:`duetgen.limits` (``DUETGEN_MAX_STEPS``, ``DUETGEN_MAX_BATCH``, ``DUETGEN_MAX_IMAGES``).
         """
         if (
             isinstance(num_inference_steps, bool)
@@ -204,6 +206,12 @@ class DuetGenPipeline(DiffusionPipeline):
                     f"text has {n_text} entries but sketch has {n_sketch}; give lists of the same length (or one of "
                     "either, which is used for every entry of the other)"
                 )
+        from .. import limits
+
+        lim = limits.current()
+        limits.check("max_steps", num_inference_steps, "num_inference_steps", lim)
+        limits.check("max_batch", batch, "the number of prompts (sketches or word strings)", lim)
+        limits.check("max_images", batch * num_images_per_prompt, "prompts x num_images_per_prompt", lim)
         if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
             raise ValueError(
                 f"generator is a list of {len(generator)} generators but batch x num_images_per_prompt = "
@@ -257,9 +265,11 @@ class DuetGenPipeline(DiffusionPipeline):
                     f"{float(x.max()):.3g}]"
                 )
             return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        from ..limits import sketch_limits
         from ..sketch_input import load_sketch
 
-        return load_sketch(item, fit=self.encoder.config.sketch_fit, size=load_size)[None]  # (1, 3, H, W)
+        image = load_sketch(item, fit=self.encoder.config.sketch_fit, size=load_size, limits=sketch_limits())
+        return image[None]  # (1, 3, H, W)
 
     @torch.no_grad()
     def encode_query(
@@ -391,7 +401,9 @@ class DuetGenPipeline(DiffusionPipeline):
 
         Raises:
             ValueError: an argument is invalid (the message names it).
-            DuetgenInputError: a sketch file or image is unusable.
+            DuetgenInputError: a sketch file or image is unusable, or the request is over a limit of
+                :mod:`duetgen.limits` (steps, prompts, images, characters of words; the message names the
+                environment variable that changes it).
         """
         # 1. Check inputs
         batch_size = self.check_inputs(

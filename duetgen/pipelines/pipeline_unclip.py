@@ -174,9 +174,11 @@ class DuetUnCLIPPipeline:
             if x.ndim != 4 or x.shape[1] not in (1, 3):
                 raise ValueError(f"sketch tensors must be (3|1, H, W) or (B, 3|1, H, W), got {tuple(item.shape)}")
             return x.expand(-1, 3, -1, -1)
+        from ..limits import sketch_limits
         from ..sketch_input import load_sketch
 
-        return load_sketch(item, fit=self.encoder.config.sketch_fit, size=self.encoder.image_size)[None]
+        return load_sketch(item, fit=self.encoder.config.sketch_fit, size=self.encoder.image_size,
+                           limits=sketch_limits())[None]  # fmt: skip
 
     @torch.no_grad()
     def __call__(
@@ -211,6 +213,11 @@ class DuetUnCLIPPipeline:
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be one of ('pil', 'np', 'pt'), got {output_type!r}")
+        from .. import limits
+
+        lim = limits.current()
+        limits.check("max_steps", int(num_inference_steps), "num_inference_steps", lim)
+        limits.check("max_images", int(num_images_per_prompt), "num_images_per_prompt", lim)
         # 1. Composed query
         if query_embeds is None:
             query = self.encode_query(sketch, text)  # (B, D)
@@ -218,6 +225,8 @@ class DuetUnCLIPPipeline:
             if text is not None:
                 raise ValueError("pass either text (to be encoded) or query_embeds (already encoded), not both")
             query = query_embeds.reshape(-1, query_embeds.shape[-1])
+        limits.check("max_batch", query.shape[0], "the number of prompts (sketches or word strings)", lim)
+        limits.check("max_images", query.shape[0] * int(num_images_per_prompt), "prompts x num_images_per_prompt", lim)
         # 2. The query in unCLIP's image-embedding space
         embeds = self.image_embeds(query)
         batch = embeds.shape[0]
