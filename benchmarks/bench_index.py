@@ -52,10 +52,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=200, help="latency / recall queries per configuration")
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest size to build HNSW for (slow on CPU)")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--format", choices=("png", "jpeg"), default="png", help="file format of the throughput photos")
+    p.add_argument("--photo-size", type=int, default=128, help="side of the throughput photos in pixels")
+    p.add_argument("--random-arch", default=None,
+                   help="time this backbone architecture with random weights instead (e.g. ViT-B-32: a model whose "
+                   "compute, not decoding, dominates)")  # fmt: skip
     return p.parse_args(argv)
 
 
-def load_model(model: str | None):
+def load_model(model: str | None, random_arch: str | None = None):
+    if random_arch is not None:
+        torch.manual_seed(0)
+        enc = duetgen.ComposedQueryEncoder(get_clip_config(random_arch), backbone=random_arch).eval()
+        return enc, f"random {random_arch}"
     if model is not None:
         return duetgen.load_encoder(model), str(model)
     if (ENCODER_DIR / "config.json").is_file():
@@ -70,20 +80,24 @@ def load_model(model: str | None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_world_photos(folder: Path, n: int, size: int = 128) -> list[str]:
+def write_world_photos(folder: Path, n: int, size: int = 128, fmt: str = "png") -> list[str]:
     rng = np.random.default_rng(0)
+    ext = "jpg" if fmt == "jpeg" else "png"
     for i in range(n):
         inst, attrs = world.sample_instance(rng), world.sample_attributes(rng)
-        Image.fromarray(world.render_photo(inst, attrs, size=size, seed=i)).save(folder / f"p{i:05d}.png")
-    return sorted(str(p) for p in folder.glob("*.png"))
+        im = Image.fromarray(world.render_photo(inst, attrs, size=size, seed=i))
+        im.save(folder / f"p{i:05d}.{ext}", **({"quality": 90} if fmt == "jpeg" else {}))
+    return sorted(str(p) for p in folder.glob(f"*.{ext}"))
 
 
 def bench_throughput(encoder, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "photos").mkdir()
-        paths = write_world_photos(tmp / "photos", args.images)
+        paths = write_world_photos(tmp / "photos", args.images, args.photo_size, args.format)
+        t0 = time.perf_counter()
         decoded = torch.stack([decode_image(p, encoder.image_size)[0] for p in paths])  # (N, 3, S, S)
+        decode_only = len(paths) / (time.perf_counter() - t0)
         bare, seq, built = [], [], []
         for r in range(args.repeats):
             t0 = time.perf_counter()
@@ -102,7 +116,8 @@ def bench_throughput(encoder, args) -> dict:
                           num_workers=args.num_workers, progress=False)  # fmt: skip
             built.append(len(paths) / (time.perf_counter() - t0))
         b, sq, g = statistics.median(bare), statistics.median(seq), statistics.median(built)
-        return {"images": len(paths), "image_px": 128, "batch_size": args.batch_size,
+        return {"images": len(paths), "image_px": args.photo_size, "format": args.format,
+                "decode_only_img_s": round(decode_only, 1), "batch_size": args.batch_size,
                 "num_workers": args.num_workers, "bare_loop_img_s": round(b, 1),
                 "sequential_decode_encode_img_s": round(sq, 1), "gallery_build_img_s": round(g, 1),
                 "ratio": round(g / b, 3), "ratio_vs_sequential": round(g / sq, 3),
@@ -189,7 +204,7 @@ def bench_latency(encoder, args) -> list[dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    encoder, source = load_model(args.model)
+    encoder, source = load_model(args.model, args.random_arch)
     result = {
         "model": source,
         "embed_dim": encoder.embed_dim,
@@ -204,21 +219,26 @@ def main(argv=None) -> dict:
     if not args.skip_throughput:
         print("(a) indexing throughput", flush=True)
         result["throughput"] = bench_throughput(encoder, args)
-    print("(b) query latency", flush=True)
-    result["latency"] = bench_latency(encoder, args)
+    result["latency"] = []
+    if not args.skip_latency:
+        print("(b) query latency", flush=True)
+        result["latency"] = bench_latency(encoder, args)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
 
     print(f"\nmodel: {source} (dim {encoder.embed_dim}, {encoder.image_size} px)\n")
     if "throughput" in result:
         t = result["throughput"]
+        print(f"photos: {t['images']} {t['format']} files of {t['image_px']} px, batch {t['batch_size']}\n")
         print("| indexing | images/s |\n|---|---|")
+        print(f"| decode only (one process, no model) | {t['decode_only_img_s']} |")
         print(f"| bare encode loop (pre-decoded) | {t['bare_loop_img_s']} |")
         print(f"| sequential loop (decode + encode, one process) | {t['sequential_decode_encode_img_s']} |")
         print(f"| Gallery.build (DataLoader decode + encode + shards + save) | {t['gallery_build_img_s']} |")
         print(f"| ratio build / bare | {t['ratio']} |")
         print(f"| ratio build / sequential | {t['ratio_vs_sequential']} |\n")
-    print("| items | index | build s | p50 ms | p95 ms | recall@10 vs flat | index B/item |")
-    print("|---|---|---|---|---|---|---|")
+    if result["latency"]:
+        print("| items | index | build s | p50 ms | p95 ms | recall@10 vs flat | index B/item |")
+        print("|---|---|---|---|---|---|---|")
     for r in result["latency"]:
         if r["size"] == 0:
             print(f"| - | encode only | - | {r['p50_ms']} | {r['p95_ms']} | - | - |")
