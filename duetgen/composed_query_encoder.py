@@ -151,6 +151,7 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         """
         for p in self.parameters():
             p.requires_grad_(False)
+        self._stem_frozen = mode != "all"
         if mode == "all":
             for p in self.parameters():
                 p.requires_grad_(True)
@@ -168,6 +169,15 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         for p in params:
             p.requires_grad_(True)
         return params
+
+    def train(self, mode: bool = True):
+        """Like ``nn.Module.train``, but a frozen conv stem's BatchNorms keep their running statistics (eval mode)."""
+        super().train(mode)
+        if mode and getattr(self, "_stem_frozen", False):
+            for m in self.clip.visual.conv1.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     @torch.no_grad()
     def init_prompt_from_text(self, text: str | None = None) -> None:

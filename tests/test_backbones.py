@@ -79,3 +79,41 @@ def test_bad_weights_files_are_clear_errors(tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(wrong))
     with pytest.raises(CheckpointError, match="does not fit"):
         load_clip("duetgen-tiny", pretrained=str(wrong))
+
+
+def _tiny_conv_stem_config() -> dict:
+    cfg = duetgen.backbones.get_clip_config("duetgen-tiny")
+    cfg["visual_stem"] = "conv"
+    return cfg
+
+
+def test_conv_stem_replaces_the_patch_embedding_with_the_same_token_grid():
+    from duetgen.backbones import ConvStem
+
+    patch = build_clip("duetgen-tiny").visual
+    conv = build_clip(_tiny_conv_stem_config()).visual
+    assert isinstance(conv.conv1, ConvStem) and not isinstance(patch.conv1, ConvStem)
+    x = torch.rand(3, 3, 32, 32)
+    assert conv.conv1(x).shape == patch.conv1(x).shape == (3, 32, 4, 4)
+    assert conv(x).shape == patch(x).shape
+    with pytest.raises(ValueError, match="visual_stem"):
+        build_clip({**_tiny_conv_stem_config(), "visual_stem": "resnet"})
+
+
+def test_conv_stem_encoder_round_trips_and_frozen_stem_keeps_its_statistics(tmp_path):
+    torch.manual_seed(0)
+    enc = duetgen.ComposedQueryEncoder(_tiny_conv_stem_config(), backbone="tiny-cs")
+    x = torch.rand(4, 3, 32, 32)
+    enc.set_trainable("duet")
+    enc.train()
+    stats = [b.clone() for n, b in enc.named_buffers() if "running_mean" in n]
+    assert stats
+    enc.encode_image(x).sum().backward()  # a duet training step's forward: the frozen stem must not adapt
+    assert all(torch.equal(a, b) for a, b in zip(stats, [b for n, b in enc.named_buffers() if "running_mean" in n]))
+    enc.set_trainable("all")
+    enc.train()
+    enc.encode_image(x)  # stage-1 training: the stem's BatchNorms learn their statistics
+    assert not all(torch.equal(a, b) for a, b in zip(stats, [b for n, b in enc.named_buffers() if "running_mean" in n]))
+    enc.eval().save_pretrained(tmp_path)
+    back = duetgen.load_encoder(tmp_path)
+    assert torch.equal(back.encode_image(x), enc.encode_image(x))

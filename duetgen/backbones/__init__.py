@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError, WeightsUnavailableError
 
@@ -112,8 +114,44 @@ def get_clip_config(arch: str) -> dict:
     return copy.deepcopy(cfg)
 
 
+class ConvStem(nn.Module):
+    """A convolutional patch embedding for small ViTs trained from scratch (Xiao et al. 2021, "Early convolutions
+    help transformers see better"): ``log2(patch_size)`` stride-2 3x3 conv + BatchNorm + ReLU stages, then a 1x1
+    conv to the transformer width. It yields the same (B, width, H / patch, W / patch) grid as the linear patch
+    embedding it replaces (``visual.conv1``), so prompts, positions and patch tokens are unchanged.
+
+    Selected by ``"visual_stem": "conv"`` in a model config. Small ViTs learn shapes slowly from a linear patch
+    embedding; ``benchmarks/bench_world_probe.py`` measures what the visual encoder knows about shape.
+    """
+
+    def __init__(self, width: int, patch_size: int, base_channels: int = 32):
+        super().__init__()
+        stages = int(round(math.log2(patch_size)))
+        if 2**stages != patch_size:
+            raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+        chans = [3] + [min(width, base_channels * 2**i) for i in range(stages)]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.stages = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(chans[-1], width, 1)
+        self.out_channels = width
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The last projection's weight (what identities fingerprint, like ``conv1.weight`` of a patch stem)."""
+        return self.proj.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stages(x))
+
+
 def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
-    """Builds an open_clip ``CLIP`` with random weights from a backbone name or a config dict. Never downloads."""
+    """Builds an open_clip ``CLIP`` with random weights from a backbone name or a config dict. Never downloads.
+
+    A config may carry ``"visual_stem": "conv"`` (duetgen's key): the ViT's linear patch embedding is replaced by a
+    :class:`ConvStem`.
+    """
     from open_clip.model import CLIP
 
     if isinstance(name_or_config, dict):
@@ -121,10 +159,18 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
     else:
         spec = get_backbone(name_or_config)
         cfg = get_clip_config(spec.arch)
+    stem = cfg.get("visual_stem", "patch")
+    if stem not in ("patch", "conv"):
+        raise ValueError(f"visual_stem must be 'patch' or 'conv', got {stem!r}")
     cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")}
     if quick_gelu is not None:
         cfg["quick_gelu"] = quick_gelu
-    return CLIP(**cfg)
+    clip = CLIP(**cfg)
+    if stem == "conv":
+        v = clip.visual
+        patch = v.patch_size[0] if isinstance(v.patch_size, (tuple, list)) else int(v.patch_size)
+        v.conv1 = ConvStem(v.conv1.out_channels, patch)
+    return clip
 
 
 # --------------------------------------------------------------------------------------------------------------
