@@ -46,7 +46,12 @@ def bench(name: str, repeats: int, words: str) -> dict:
             enc.clip.encode_text(ids)
             base.append(time.perf_counter() - t)
     mo, mb = statistics.median(ours), statistics.median(base)
-    return {"backbone": name, "ours_ms": round(mo * 1e3, 2), "open_clip_ms": round(mb * 1e3, 2), "ratio": round(mo / mb, 3)}
+    return {
+        "backbone": name,
+        "ours_ms": round(mo * 1e3, 2),
+        "open_clip_ms": round(mb * 1e3, 2),
+        "ratio": round(mo / mb, 3),
+    }
 
 
 def main(argv=None) -> list[dict]:

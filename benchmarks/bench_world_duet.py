@@ -79,7 +79,8 @@ def main(argv=None) -> dict:
     res["gallery_size"] = len(bench.photos)
     res["queries"] = len(bench.sketches)
     res["seconds"] = round(time.time() - t0, 1)
-    print(f"model: {args.model or 'embedded default'}   gallery: {len(bench.photos)} photos, {len(bench.sketches)} queries"
+    print(f"model: {args.model or 'embedded default'}   "
+          f"gallery: {len(bench.photos)} photos, {len(bench.sketches)} queries"
           + (f"   shapes: {','.join(shapes)}" if shapes else ""))  # fmt: skip
     print("| query | Acc@1 | Acc@5 |\n|---|---|---|")
     for key in ("sketch", "words", "sketch+words"):

@@ -193,7 +193,8 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------------------------
 
     def prepare_images(self, images: torch.Tensor, name: str = "images") -> torch.Tensor:
-        """Checks a (B, 3, H, W) [0, 1] batch, resizes it to ``image_size`` and moves it to the model's device/dtype."""
+        """Checks a (B, 3, H, W) [0, 1] batch, resizes it to ``image_size`` and moves it to the model's
+        device/dtype."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise DuetgenInputError(f"{name} must be a float tensor (B, 3, H, W) in [0, 1], got {got}")

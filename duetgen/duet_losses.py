@@ -149,7 +149,7 @@ def duet_losses(
         neutral = [cfg.neutral_texts[i] for i in idx]
         base_words = list(words) if cfg.caption_supervised else None
         if base_words is not None:
-            neutral = [f"{w} {n}" for w, n in zip(base_words, neutral)]
+            neutral = [f"{w} {n}" for w, n in zip(base_words, neutral, strict=True)]
         q_neutral = encoder.encode_query(sketch_embeds=q_base_sk, words=neutral)
         out["reg"] = (1 - (q_neutral * q).sum(-1)).mean()
     if cfg.w_tt:
@@ -160,6 +160,13 @@ def duet_losses(
     if cfg.w_rt:
         s_rt = region_scores(q, p_patch, cfg.rt_topk)  # (Q, N)
         out["rt"] = triplet_all(s_rt, pos, neg, cfg.margin_rt)
-    weights = {"trip": cfg.w_trip, "nce": cfg.w_nce, "comp": cfg.w_comp, "reg": cfg.w_reg, "tt": cfg.w_tt, "rt": cfg.w_rt}
+    weights = {
+        "trip": cfg.w_trip,
+        "nce": cfg.w_nce,
+        "comp": cfg.w_comp,
+        "reg": cfg.w_reg,
+        "tt": cfg.w_tt,
+        "rt": cfg.w_rt,
+    }
     out["loss"] = sum(weights[k] * v for k, v in out.items())
     return out

@@ -57,7 +57,10 @@ class WorldGroups:
         """The full caption of photo [group, inst, attr]."""
         rec = self.records[group]
         return world.caption(
-            _instance(rec["instances"][inst]), world.Attributes.from_dict(rec["attrs"][attr]), rng=rng, drop_prob=drop_prob
+            _instance(rec["instances"][inst]),
+            world.Attributes.from_dict(rec["attrs"][attr]),
+            rng=rng,
+            drop_prob=drop_prob,
         )
 
     def save(self, path: str | os.PathLike) -> None:

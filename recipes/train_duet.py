@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--train-visual",
         action="store_true",
-        help="also fine-tune every weight of the visual encoder V (at --visual-lr-scale x lr): the small stand-in CLIP "
-        "has too little capacity for LayerNorm-only tuning to learn sketch-to-photo geometry",
+        help="also fine-tune every weight of the visual encoder V (at --visual-lr-scale x lr): the small stand-in "
+        "CLIP has too little capacity for LayerNorm-only tuning to learn sketch-to-photo geometry",
     )
     p.add_argument("--visual-lr-scale", type=float, default=0.1)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")

@@ -45,9 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=12000, help="twin groups rendered for training (4 photos each)")
     p.add_argument("--cache", default="runs/cache/world_train_64.npz", help="rendered training set cache")
     p.add_argument("--holdout-shapes", default="", help="comma-separated shapes left out (zero-shot runs)")
-    p.add_argument("--group-share", type=float, default=0.75,
-                   help="share of the photos drawn as whole twin groups (4 photos: geometry and attribute twins), "
-                   "the hard negatives that random batches almost never hold; the rest are random photos")
+    p.add_argument(
+        "--group-share",
+        type=float,
+        default=0.75,
+        help="share of the photos drawn as whole twin groups (4 photos: geometry and attribute twins), "
+        "the hard negatives that random batches almost never hold; the rest are random photos",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
@@ -124,7 +128,7 @@ def main(argv=None) -> None:
         j = np.concatenate([np.tile([0, 1, 0, 1], n_grp), rng.integers(2, size=n_rand)])
         photos = wd.to_float(groups.photos[g, i, j])
         caps = []
-        for gg, ii, jj in zip(g, i, j):
+        for gg, ii, jj in zip(g, i, j, strict=True):
             inst = wd._instance(groups.records[gg]["instances"][ii])
             att = duetgen.world.Attributes.from_dict(groups.records[gg]["attrs"][jj])
             if rng.random() < 0.5:
@@ -134,7 +138,7 @@ def main(argv=None) -> None:
         gs, is_ = rng.integers(n_groups, size=n_sk), rng.integers(2, size=n_sk)
         sketches = wd.to_float(groups.sketches[gs, is_])
         caps += [wd.sketch_caption(wd._instance(groups.records[a]["instances"][b]), rng, args.drop_prob)
-                 for a, b in zip(gs, is_)]  # fmt: skip
+                 for a, b in zip(gs, is_, strict=True)]  # fmt: skip
         images = torch.cat([photos, sketches]).to(acc.device)
 
         img = model.clip.encode_image(model.normalize_images(model.prepare_images(images)), normalize=True)
@@ -149,8 +153,13 @@ def main(argv=None) -> None:
             model.clip.logit_scale.clamp_(0, math.log(100))
 
         if log and (step % args.log_every == 0 or step == args.steps - 1):
-            rec = {"step": step, "loss": round(loss.item(), 4), "lr": sched.get_last_lr()[0],
-                   "scale": round(model.clip.logit_scale.exp().item(), 2), "s": round(time.time() - t0, 1)}  # fmt: skip
+            rec = {
+                "step": step,
+                "loss": round(loss.item(), 4),
+                "lr": sched.get_last_lr()[0],
+                "scale": round(model.clip.logit_scale.exp().item(), 2),
+                "s": round(time.time() - t0, 1),
+            }
             log.write(json.dumps(rec) + "\n")
             log.flush()
             acc.print(rec)

@@ -106,14 +106,18 @@ def test_conv_stem_encoder_round_trips_and_frozen_stem_keeps_its_statistics(tmp_
     x = torch.rand(4, 3, 32, 32)
     enc.set_trainable("duet")
     enc.train()
-    stats = [b.clone() for n, b in enc.named_buffers() if "running_mean" in n]
+
+    def running_means():
+        return [b.clone() for n, b in enc.named_buffers() if "running_mean" in n]
+
+    stats = running_means()
     assert stats
     enc.encode_image(x).sum().backward()  # a duet training step's forward: the frozen stem must not adapt
-    assert all(torch.equal(a, b) for a, b in zip(stats, [b for n, b in enc.named_buffers() if "running_mean" in n]))
+    assert all(torch.equal(a, b) for a, b in zip(stats, running_means(), strict=True))
     enc.set_trainable("all")
     enc.train()
     enc.encode_image(x)  # stage-1 training: the stem's BatchNorms learn their statistics
-    assert not all(torch.equal(a, b) for a, b in zip(stats, [b for n, b in enc.named_buffers() if "running_mean" in n]))
+    assert not all(torch.equal(a, b) for a, b in zip(stats, running_means(), strict=True))
     enc.eval().save_pretrained(tmp_path)
     back = duetgen.load_encoder(tmp_path)
     assert torch.equal(back.encode_image(x), enc.encode_image(x))

@@ -103,7 +103,9 @@ def test_reindex_updates_incrementally(setup, capsys, tmp_path):
     (photos / "new.png").write_bytes((setup / "star.png").read_bytes())
     rc, out, _ = run(args, capsys)
     assert rc == 0 and "1 added, 1 removed, 6 items" in out
-    items = [str((gal / json.loads(line)["path"]).resolve()) for line in (gal / "items.jsonl").read_text().splitlines()]
+    items = [
+        str((gal / json.loads(line)["path"]).resolve()) for line in (gal / "items.jsonl").read_text().splitlines()
+    ]
     assert str(photos / "new.png") in items and str(photos / "p00.png") not in items
     rc, _, err = run([*args, "--regions"], capsys)
     assert rc == 2 and "--rebuild" in err

@@ -16,7 +16,8 @@ TEXTS = [
 
 @pytest.mark.parametrize("n_prefix", [0, 1, 2, 3, 5])
 def test_splice_reproduces_open_clip_encode_text(tiny_encoder, n_prefix):
-    """Ordinary word embeddings fed through the spliced path give open_clip's own encode_text: the EOS index is right."""
+    """Ordinary word embeddings fed through the spliced path give open_clip's own encode_text: the EOS index is
+    right."""
     enc = tiny_encoder
     texts = [t for t in TEXTS if len(enc.word_ids(t)) >= n_prefix]
     with torch.no_grad():

@@ -3,10 +3,8 @@
 import subprocess
 import sys
 
-import pytest
 import torch
-
-from conftest import REPO, needs_embedded  # noqa: I001
+from conftest import REPO, needs_embedded
 
 
 @needs_embedded

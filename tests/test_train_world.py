@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO  # noqa: I001
+from conftest import REPO
 
 
 def _run(script, *args, timeout=600):

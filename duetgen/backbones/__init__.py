@@ -23,9 +23,9 @@ Example::
 from __future__ import annotations
 
 import copy
-import math
 import json
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -72,11 +72,15 @@ def register_backbone(name: str, arch: str, pretrained: str | None = None, descr
 
 
 register_backbone("duetgen-tiny", "duetgen-tiny", None, "tiny random CLIP (32 px, width 32) for tests")
-register_backbone("duetgen-world", "duetgen-world", None, "architecture of the embedded default (64 px ViT, width 192/128)")
+register_backbone(
+    "duetgen-world", "duetgen-world", None, "architecture of the embedded default (64 px ViT, width 192/128)"
+)
 register_backbone("ViT-B-32", "ViT-B-32", None, "open_clip ViT-B/32, random weights")
 register_backbone("ViT-B-32-openai", "ViT-B-32", "openai", "OpenAI CLIP ViT-B/32 (download or local file)")
 register_backbone("ViT-B-16-openai", "ViT-B-16", "openai", "OpenAI CLIP ViT-B/16, the papers' backbone")
-register_backbone("ViT-H-14-laion2b", "ViT-H-14", "laion2b_s32b_b79k", "LAION ViT-H/14, the Stable unCLIP image encoder")
+register_backbone(
+    "ViT-H-14-laion2b", "ViT-H-14", "laion2b_s32b_b79k", "LAION ViT-H/14, the Stable unCLIP image encoder"
+)
 
 
 def list_backbones() -> list[str]:
@@ -89,7 +93,9 @@ def get_backbone(name: str) -> BackboneSpec:
     if name.startswith("hf-hub:"):
         return BackboneSpec(name=name, arch=name, pretrained=name, description="open_clip model on the HF hub")
     if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())} (or 'hf-hub:org/repo')")
+        raise KeyError(
+            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())} (or 'hf-hub:org/repo')"
+        )
     return _REGISTRY[name]
 
 
@@ -102,7 +108,7 @@ def get_clip_config(arch: str) -> dict:
     if local.is_file():
         return json.loads(local.read_text())
     if arch.startswith("hf-hub:"):
-        path = _cached_hub_file(arch[len("hf-hub:"):], "open_clip_config.json")
+        path = _cached_hub_file(arch[len("hf-hub:") :], "open_clip_config.json")
         if path is None:
             raise WeightsUnavailableError(_missing_message(arch, arch))
         return json.loads(Path(path).read_text())["model_cfg"]
@@ -131,7 +137,7 @@ class ConvStem(nn.Module):
             raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
         chans = [3] + [min(width, base_channels * 2**i) for i in range(stages)]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.stages = nn.Sequential(*layers)
         self.proj = nn.Conv2d(chans[-1], width, 1)
@@ -162,7 +168,8 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
     stem = cfg.get("visual_stem", "patch")
     if stem not in ("patch", "conv"):
         raise ValueError(f"visual_stem must be 'patch' or 'conv', got {stem!r}")
-    cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")}
+    keep = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")
+    cfg = {k: v for k, v in cfg.items() if k in keep}
     if quick_gelu is not None:
         cfg["quick_gelu"] = quick_gelu
     clip = CLIP(**cfg)
@@ -179,7 +186,8 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
 
 
 def downloads_allowed(allow_download: bool | None = None) -> bool:
-    """Whether a download may be attempted: the argument, else ``DUETGEN_ALLOW_DOWNLOAD=1``; never when HF is offline."""
+    """Whether a download may be attempted: the argument, else ``DUETGEN_ALLOW_DOWNLOAD=1``; never when HF is
+    offline."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return False
     if allow_download is not None:
@@ -207,7 +215,7 @@ def _cached_hub_file(repo_id: str, filename: str) -> str | None:
 def _hub_candidates(arch: str, tag: str) -> list[tuple[str, str]]:
     """(repo_id, filename) pairs under which open_clip would fetch these weights from the HF hub."""
     if tag.startswith("hf-hub:"):
-        repo = tag[len("hf-hub:"):]
+        repo = tag[len("hf-hub:") :]
         return [(repo, f) for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")]
     import open_clip
 
@@ -265,7 +273,7 @@ def resolve_weights(name: str, pretrained: str | None = None, allow_download: bo
 
     logger.info("downloading weights for %s (%s)", name, source)
     if source.startswith("hf-hub:"):
-        return Path(open_clip.pretrained.download_pretrained_from_hf(source[len("hf-hub:"):]))
+        return Path(open_clip.pretrained.download_pretrained_from_hf(source[len("hf-hub:") :]))
     return Path(open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, source)))
 
 
@@ -284,7 +292,8 @@ def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here is a bad weights file for the user
-        raise CheckpointError(f"cannot read weights file '{path}': {type(err).__name__}: {err}".splitlines()[0]) from err
+        msg = f"cannot read weights file '{path}': {type(err).__name__}: {err}".splitlines()[0]
+        raise CheckpointError(msg) from err
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -320,7 +329,8 @@ def load_clip(name: str, pretrained: str | None = None, allow_download: bool | N
         if missing or unexpected:
             raise CheckpointError(
                 f"weights file '{weights}' does not fit backbone {name!r}: "
-                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+                f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
     return clip.eval(), cfg
 
