@@ -25,11 +25,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="output image (.png/.jpg/.webp); several images: a grid here plus OUT-0.png, ..."
     )
-    p.add_argument("--steps", type=int, default=25,
-                   help="denoising steps (default 25; at most DUETGEN_MAX_STEPS, 1000)")
+    p.add_argument(
+        "--steps", type=int, default=25, help="denoising steps (default 25; at most DUETGEN_MAX_STEPS, 1000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same image (default 0)")
-    p.add_argument("--num-images", type=int, default=1,
-                   help="how many images (default 1; at most DUETGEN_MAX_IMAGES, 64)")
+    p.add_argument(
+        "--num-images", type=int, default=1, help="how many images (default 1; at most DUETGEN_MAX_IMAGES, 64)"
+    )
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)"
     )

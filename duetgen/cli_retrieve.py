@@ -48,8 +48,12 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", metavar="PHOTOS_DIR", help="folder of photos (searched recursively)")
     p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write (or update)")
     p.add_argument("--model", default=None, metavar="DIR", help="encoder folder or backbone (default: embedded)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="images per forward pass (default 64; at most DUETGEN_MAX_BATCH, 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per forward pass (default 64; at most DUETGEN_MAX_BATCH, 256)",
+    )
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(2, cpus))")
     p.add_argument("--regions", action="store_true", help="also keep region embeddings (scene retrieval)")
     p.add_argument(
@@ -160,8 +164,9 @@ def _retrieve(args: argparse.Namespace) -> int:
     if args.sketch is not None:
         from .sketch_input import load_sketch
 
-        sketch = load_sketch(args.sketch, fit=encoder.config.sketch_fit, size=encoder.image_size,
-                             limits=limits.sketch_limits())  # (3, S, S)
+        sketch = load_sketch(
+            args.sketch, fit=encoder.config.sketch_fit, size=encoder.image_size, limits=limits.sketch_limits()
+        )  # (3, S, S)
     with torch.inference_mode():
         query = encoder.encode_query(sketch[None] if sketch is not None else None, [args.text] if args.text else None)
     results = gallery.search(query, args.k, regions=args.regions)[0]

@@ -89,8 +89,10 @@ def evaluate_twin_benchmark(encoder, bench: TwinBenchmark, batch_size: int = 256
     encoder.eval()
     device = encoder.device
     gallery = torch.cat(
-        [encoder.encode_image(to_float(bench.photos[i : i + batch_size]).to(device))
-         for i in range(0, len(bench.photos), batch_size)]  # fmt: skip
+        [
+            encoder.encode_image(to_float(bench.photos[i : i + batch_size]).to(device))
+            for i in range(0, len(bench.photos), batch_size)
+        ]  # fmt: skip
     )
     target = torch.as_tensor(bench.target, device=device)
     sk_q, both_q, words_q = [], [], []

@@ -25,8 +25,11 @@ def embedded_status() -> dict[str, str]:
     out = {}
     for name, folder in (("encoder", ENCODER_DIR), ("generator", PIPELINE_DIR)):
         if _present(folder) and (name == "encoder" or (folder / "unet").is_dir()):
-            files = folder.rglob("*.safetensors") if name == "encoder" else (
-                f for f in folder.rglob("*.safetensors") if ENCODER_DIR not in f.parents)
+            files = (
+                folder.rglob("*.safetensors")
+                if name == "encoder"
+                else (f for f in folder.rglob("*.safetensors") if ENCODER_DIR not in f.parents)
+            )
             size = sum(f.stat().st_size for f in files)
             out[name] = f"present ({size / 1e6:.1f} MB, {folder})"
         else:
