@@ -84,6 +84,8 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
             sl = slice(start, start + args.batch)
             g = torch.Generator().manual_seed(args.seed + 1000 * k + start)
             guidance = {} if args.guidance is None else {"guidance_scale": args.guidance}
+            if args.guidance_interval is not None:
+                guidance["guidance_interval"] = tuple(args.guidance_interval)
             out = pipe(sketch=sketches[sl], text=texts[sl], num_inference_steps=args.steps, generator=g,
                        output_type="np", **guidance)  # fmt: skip
             chunks.append(np.asarray(out.images, dtype=np.float32))  # (b, H, W, 3)
@@ -147,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=4, help="images per sketch")
     p.add_argument("--steps", type=int, default=25, help="num_inference_steps")
     p.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--world-seed", type=int, default=BENCH_SEED, help="world seed of the requests (777_000+)")
@@ -192,6 +196,7 @@ def main(argv=None) -> dict:
         "samples_per_sketch": k,
         "num_inference_steps": None if args.real_photos else args.steps,
         "guidance_scale": None if args.real_photos else (args.guidance or "pipeline default"),
+        "guidance_interval": None if args.real_photos else (args.guidance_interval or "pipeline default"),
         "world_seed": args.world_seed,
         "seed": args.seed,
         "metrics": summary,

@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--random", action="store_true", help="default architecture with random weights (no model needed)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=None, help="default: the pipeline's default guidance_scale")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="part of the trajectory that is guided (default: the pipeline's)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", default="4,8", help="num_images_per_prompt values for throughput")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
@@ -70,18 +72,23 @@ def main(argv=None) -> dict:
     guidance = args.guidance
     if guidance is None:
         guidance = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+    interval = args.guidance_interval
+    if interval is None:
+        interval = inspect.signature(pipe.__call__).parameters["guidance_interval"].default
+    interval = tuple(interval)
     size = pipe.sample_size
     sketch = torch.ones(3, size, size)
     sketch[:, size // 4 : 3 * size // 4, size // 4] = 0
     sketch[:, size // 4, size // 4 : 3 * size // 4] = 0
     text = "red with stripes in pixel art"
 
-    def run_pipe(n: int = 1):
+    def run_pipe(n: int = 1, interval=interval):
         pipe(
             sketch=sketch,
             text=text,
             num_inference_steps=args.steps,
             guidance_scale=guidance,
+            guidance_interval=interval,
             num_images_per_prompt=n,
             generator=torch.Generator().manual_seed(0),
             output_type="pt",
@@ -99,11 +106,14 @@ def main(argv=None) -> dict:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(args.steps)
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            inp = torch.cat([x] * 2) if do_cfg else x
-            inp = torch.cat([scheduler.scale_model_input(inp, t), sk_in], dim=1)
-            pred = pipe.unet(inp, t, encoder_hidden_states=hidden, class_labels=labels).sample
-            if do_cfg:
+        n = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            guide = do_cfg and interval[0] <= i / n < interval[1]
+            h, lab, s_in = (hidden, labels, sk_in) if guide or not do_cfg else (hidden[1:], labels[1:], sk_in[1:])
+            inp = torch.cat([x] * 2) if guide else x
+            inp = torch.cat([scheduler.scale_model_input(inp, t), s_in], dim=1)
+            pred = pipe.unet(inp, t, encoder_hidden_states=h, class_labels=lab).sample
+            if guide:
                 u, c = pred.chunk(2)
                 pred = u + guidance * (c - u)
             x = scheduler.step(pred, t, x, return_dict=False)[0]
@@ -121,18 +131,21 @@ def main(argv=None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "steps": args.steps,
         "guidance_scale": guidance,
+        "guidance_interval": list(interval),
         "image_size": size,
         "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
         "unet_call_ms_batch1": 1000 * median_time(lambda: unet_call(1), args.repeats * 4),
         "unet_call_ms_batch2": 1000 * median_time(lambda: unet_call(2), args.repeats * 4),
     }
     results["s_per_image"] = median_time(run_pipe, args.repeats)
+    results["s_per_image_guided_every_step"] = median_time(lambda: run_pipe(interval=(0.0, 1.0)), args.repeats)
     results["bare_loop_s_per_image"] = median_time(run_bare, args.repeats)
     results["pipeline_overhead"] = results["s_per_image"] / results["bare_loop_s_per_image"] - 1
     for b in (int(x) for x in args.batches.split(",") if x):
         results[f"images_per_s_batch{b}"] = b / median_time(lambda b=b: run_pipe(b), max(1, args.repeats // 2))
 
-    print(f"generation speed: {source}, {size} px, {args.steps} steps, guidance {guidance}, {args.threads} threads")
+    print(f"generation speed: {source}, {size} px, {args.steps} steps, guidance {guidance} on {interval}, "
+          f"{args.threads} threads")  # fmt: skip
     print(f"{'measure':32s} value")
     for k, v in results.items():
         if isinstance(v, float):

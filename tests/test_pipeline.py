@@ -245,3 +245,25 @@ def test_embedded_default_or_clear_error():
     else:
         with pytest.raises(CheckpointError, match="embedded default generator is missing"):
             load_pipeline()
+
+
+def test_guidance_interval_guides_only_its_part_of_the_trajectory(pipe):
+    batches = []
+    hook = pipe.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    try:
+        run(
+            pipe, sketch=sketch(), text="red", num_inference_steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.7)
+        )
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 2, 2, 2, 2, 2, 1, 1, 1]  # steps 2..6 guided (cond + uncond), the others conditional
+    # no guided step at all is exactly the unguided pipeline; every step guided differs from the default interval
+    never = run(pipe, sketch=sketch(), text="red", guidance_scale=3.0, guidance_interval=(0.0, 0.0)).images
+    unguided = run(pipe, sketch=sketch(), text="red", guidance_scale=1.0).images
+    assert torch.allclose(never, unguided, atol=1e-5)  # the conditioning is computed in a batch of 2 vs 1
+    full = run(pipe, sketch=sketch(), text="red", num_inference_steps=10, guidance_scale=3.0, guidance_interval=(0, 1))
+    default = run(pipe, sketch=sketch(), text="red", num_inference_steps=10, guidance_scale=3.0)  # (0, 0.7)
+    assert (full.images - default.images).abs().max() > 1e-3
+    for bad in [(0.7, 0.2), (0.0, 1.5), (0.5,), "all", (True, 1.0)]:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            run(pipe, sketch=sketch(), text="red", guidance_interval=bad)
