@@ -222,6 +222,12 @@ def _sniff(data: bytes) -> str:
     return "raster"  # PIL may still know it (PPM); if not, the error says what was expected
 
 
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (decoders quote file content, newlines included)."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip()[:300] if text else type(err).__name__
+
+
 def _decode_text(data: bytes, *, strict: bool = True) -> str | None:
     """Decode UTF-8 (or UTF-16 with a byte-order mark) text; None if the bytes are not text."""
     try:
@@ -264,9 +270,14 @@ def _read_bytes(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _too_large(name: str, width: int | None, height: int | None, limits: SketchLimits) -> DuetgenInputError:
+def _too_large(
+    name: str, width: int | None, height: int | None, limits: SketchLimits, pixels: int | None = None
+) -> DuetgenInputError:
     """The error for an image over the pixel limit (a possible decompression bomb)."""
-    dims = f"{width}x{height} = {width * height:,} pixels" if width and height else "its declared size"
+    if width and height:
+        dims = f"{width}x{height} = {width * height:,} pixels"
+    else:
+        dims = f"its declared {pixels:,} pixels" if pixels else "its declared size"
     return DuetgenInputError(
         f"sketch {name!r} is too large: {dims} is over the limit of {limits.max_pixels:,} pixels "
         "(SketchLimits.max_pixels; a possible decompression bomb): downscale it first"
@@ -280,14 +291,15 @@ def _grey_from_raster_bytes(data: bytes, name: str, limits: SketchLimits) -> np.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_RASTER_FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _too_large(name, None, None, limits) from err
+        declared = re.search(r"\((\d+) pixels\)", str(err))  # PIL: "Image size (N pixels) exceeds limit of ..."
+        raise _too_large(name, None, None, limits, int(declared.group(1)) if declared else None) from err
     except Image.UnidentifiedImageError as err:
         raise DuetgenInputError(
             f"sketch {name!r} is not an image: expected PNG, JPEG, WebP, BMP, GIF, TIFF, PPM, SVG, "
             f"QuickDraw ndjson or sketch-rnn .npz (first bytes {data[:8]!r})"
         ) from err
     except Exception as err:  # noqa: BLE001 - PIL raises many types on malformed headers
-        raise DuetgenInputError(f"sketch {name!r} could not be read as an image: {err}") from err
+        raise DuetgenInputError(f"sketch {name!r} could not be read as an image: {_one_line(err)}") from err
     with image:
         return _grey_from_pil(image, name, limits)
 
@@ -310,7 +322,7 @@ def _grey_from_pil(image: Image.Image, name: str, limits: SketchLimits) -> np.nd
     except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
         kind = image.format or "image"
         raise DuetgenInputError(
-            f"sketch {name!r} could not be decoded as {kind}: truncated or corrupt ({err})"
+            f"sketch {name!r} could not be decoded as {kind}: truncated or corrupt ({_one_line(err)})"
         ) from err
 
 
@@ -514,8 +526,14 @@ def _render_shapes(
     points = np.concatenate([shape.points for shape in shapes])  # (P, 2)
     if frame is None:
         low, high = points.min(axis=0), points.max(axis=0)
-        extent = float((high - low).max())
+        with np.errstate(over="ignore"):
+            extent = float((high - low).max())
         source_width = max((s.width for s in shapes if s.width is not None and s.stroke), default=0.0)
+        if not math.isfinite(extent + source_width):
+            raise DuetgenInputError(
+                f"sketch {name!r} spans coordinates too far apart to draw (beyond float range); fix the numbers in "
+                "the file"
+            )
         fixed_px = default_px if any(s.width is None for s in shapes) else 0.0
         room = max(big * (1.0 - 2.0 * margin) - fixed_px, 1.0)
         scale = room / (extent + source_width) if extent + source_width > 0 else 1.0
@@ -575,7 +593,11 @@ def _strokes_from_json(data: bytes, name: str, index: int, limits: SketchLimits)
                     f"sketch {name!r}: drawing {index} has no 'drawing' key (expected QuickDraw ndjson records)"
                 )
     except json.JSONDecodeError as err:
-        raise DuetgenInputError(f"sketch {name!r} is not valid JSON / ndjson: {err}") from err
+        raise DuetgenInputError(f"sketch {name!r} is not valid JSON / ndjson: {_one_line(err)}") from err
+    except RecursionError as err:
+        raise DuetgenInputError(
+            f"sketch {name!r} is JSON nested too deeply to be a drawing; expected QuickDraw strokes [[xs, ys], ...]"
+        ) from err
     if isinstance(drawing, dict) and "drawing" in drawing:
         drawing = drawing["drawing"]
     return _strokes_from_drawing(drawing, name, limits)
@@ -609,7 +631,7 @@ def _strokes_from_drawing(drawing: object, name: str, limits: SketchLimits) -> l
             raise DuetgenInputError(f"sketch {name!r} has over {limits.max_points:,} points (SketchLimits.max_points)")
         try:
             points = np.array([xs, ys], dtype=np.float64).T  # (N, 2)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:  # OverflowError: an integer beyond float range
             raise DuetgenInputError(f"sketch {name!r}: stroke {number} has non-numeric coordinates") from err
         if not np.isfinite(points).all():
             raise DuetgenInputError(f"sketch {name!r}: stroke {number} has NaN or infinite coordinates")
@@ -625,24 +647,128 @@ def _strokes_from_drawing(drawing: object, name: str, limits: SketchLimits) -> l
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy object arrays (sketch-rnn's .npz hold lists of arrays) and refuses every other class."""
+class _PickledArrayError(ValueError):
+    """A pickled array whose structure is not a plain numeric or object array."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle that names a callable other than numpy's array reconstruction (possibly malicious)."""
+
+
+_MAX_PICKLED_ELEMENTS = 50_000_000  # elements of one pickled array (the byte limit bounds the data anyway)
+
+
+def _pickle_bytes(data: object) -> bytes:
+    """Array data of a pickle: bytes, or a Python 2 str decoded as latin-1 by the unpickler."""
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, str):
+        return data.encode("latin-1")
+    raise _PickledArrayError(f"array data is a {type(data).__name__}, not bytes")
+
+
+class _SafeDtype:
+    """Stands in for ``numpy.dtype`` while unpickling: only simple numeric or object dtypes, flags ignored.
+
+    numpy's own ``dtype.__setstate__`` trusts the flags it is given (a numeric dtype flagged as holding objects
+    makes numpy read raw bytes as object pointers), so the pickled state is never passed to it.
+    """
+
+    def __init__(self, spec: object = None, align: object = False, copy: object = True) -> None:
+        if not isinstance(spec, str) or not re.fullmatch(r"[biufO][0-9]{1,2}", spec):
+            raise _PickledArrayError(f"dtype {spec!r:.40} is not a plain numeric or object dtype")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) < 8:
+            raise _PickledArrayError("malformed dtype state")
+        order, subarray, names, fields = state[1], state[2], state[3], state[4]
+        if subarray is not None or names is not None or fields is not None:
+            raise _PickledArrayError("structured dtypes are not allowed")
+        if order not in ("<", ">", "|", "="):
+            raise _PickledArrayError(f"dtype byte order {order!r:.10} is invalid")
+        if order in ("<", ">") and self.dtype.kind != "O":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _SafeArray:
+    """Stands in for an ``ndarray`` while unpickling and builds the real one from validated state.
+
+    numpy's ``ndarray.__setstate__`` does not check an object array's list against its shape (a shorter list
+    segfaults), so the state is checked here and the array built with ``np.frombuffer`` or element by element.
+    """
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _PickledArrayError("malformed array state")
+        shape, dtype, _fortran, data = state[-4:]
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and 0 <= d for d in shape) or len(shape) > 8:
+            raise _PickledArrayError(f"array shape {shape!r:.60} is invalid")
+        if not isinstance(dtype, _SafeDtype):
+            raise _PickledArrayError("array dtype is not a plain dtype")
+        count = math.prod(shape)
+        if count > _MAX_PICKLED_ELEMENTS:
+            raise _PickledArrayError(f"array of {count:,} elements is too large")
+        if dtype.dtype.kind == "O":
+            if not isinstance(data, list) or len(data) != count:
+                held = f"{len(data)} items" if isinstance(data, list) else f"a {type(data).__name__}"
+                raise _PickledArrayError(f"object array of shape {shape} holds {held}")
+            out = np.empty(count, dtype=object)
+            for i, item in enumerate(data):
+                if not isinstance(item, _SafeArray) or item.array is None:
+                    raise _PickledArrayError(f"object array holds a {type(item).__name__}, not an array")
+                out[i] = item.array
+            self.array = out.reshape(shape)
+            return
+        raw = _pickle_bytes(data)
+        if len(raw) != count * dtype.dtype.itemsize:
+            raise _PickledArrayError(f"array of shape {shape} has {len(raw)} bytes of data")
+        self.array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape).copy()
+
+
+class _NdarrayType:
+    """Stands in for the ``numpy.ndarray`` class argument of ``_reconstruct``."""
+
+
+def _safe_reconstruct(cls: object, shape: object = (0,), dtype_code: object = b"b") -> _SafeArray:
+    if cls is not _NdarrayType:
+        raise _PickledArrayError("only numpy.ndarray may be reconstructed")
+    return _SafeArray()
+
+
+def _safe_scalar(dtype: object, data: object = b"") -> object:
+    if not isinstance(dtype, _SafeDtype) or dtype.dtype.kind == "O":
+        raise _PickledArrayError("only numeric numpy scalars are allowed")
+    raw = _pickle_bytes(data)
+    if len(raw) != dtype.dtype.itemsize:
+        raise _PickledArrayError("malformed numpy scalar")
+    return np.frombuffer(raw, dtype=dtype.dtype)[0]
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy object arrays (sketch-rnn's .npz hold lists of arrays) and refuses every other class.
+
+    The numpy callables a pickle names are replaced by the safe stand-ins above, so no untrusted state ever
+    reaches numpy's C ``__setstate__`` (which can be made to read arbitrary memory).
+    """
+
+    _SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+        ("numpy.core.multiarray", "scalar"): _safe_scalar,
+        ("numpy._core.multiarray", "scalar"): _safe_scalar,
+        ("numpy", "ndarray"): _NdarrayType,
+        ("numpy", "dtype"): _SafeDtype,
     }
 
     def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2 moved numpy.core
-        return super().find_class(module, name)
+        safe = self._SAFE.get((module, name))
+        if safe is None:
+            shown = f"{module}.{name}".encode("unicode_escape").decode("ascii")[:100]  # names come from the file
+            raise _RefusedGlobal(f"refusing to unpickle {shown}: only numpy arrays are allowed")
+        return safe
 
 
 def _read_npy(raw: bytes, name: str) -> np.ndarray:
@@ -656,10 +782,18 @@ def _read_npy(raw: bytes, name: str) -> np.ndarray:
     else:
         raise DuetgenInputError(f"sketch {name!r} uses .npy format version {version}, which is not supported")
     if dtype.hasobject:
-        array = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
-        if not isinstance(array, np.ndarray):
-            raise DuetgenInputError(f"sketch {name!r} holds a pickled {type(array).__name__}, not an array")
-        return array
+        try:
+            loaded = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
+        except _PickledArrayError as err:
+            raise DuetgenInputError(f"sketch {name!r} holds a malformed pickled array ({err}); re-save it") from err
+        except _RefusedGlobal as err:
+            raise DuetgenInputError(
+                f"sketch {name!r} holds a pickle that is not a numpy array ({err}); duetgen never runs pickled code: "
+                "save the strokes as numpy arrays with numpy.savez"
+            ) from err
+        if not isinstance(loaded, _SafeArray) or loaded.array is None:
+            raise DuetgenInputError(f"sketch {name!r} holds a pickled {type(loaded).__name__}, not an array")
+        return loaded.array
     handle.seek(0)
     return np.lib.format.read_array(handle, allow_pickle=False)
 
@@ -696,7 +830,10 @@ def _strokes_from_numpy(data: bytes, name: str, kind: str, index: int, limits: S
     except DuetgenInputError:
         raise
     except Exception as err:  # noqa: BLE001 - zipfile, zlib, pickle and numpy raise many types
-        raise DuetgenInputError(f"sketch {name!r} could not be read as a sketch-rnn .npz/.npy: {err}") from err
+        raise DuetgenInputError(
+            f"sketch {name!r} could not be read as a sketch-rnn .npz/.npy: {_one_line(err)} (corrupt or truncated; "
+            "re-save it with numpy.savez)"
+        ) from err
     return _strokes_from_stroke3(_select_drawing(array, name, key, index), name, limits)
 
 
@@ -785,7 +922,7 @@ def _parse_svg(data: bytes, name: str, limits: SketchLimits) -> ET.Element:
                     )
         parser.close()
     except ET.ParseError as err:
-        raise DuetgenInputError(f"sketch {name!r} is not valid SVG/XML: {err}") from err
+        raise DuetgenInputError(f"sketch {name!r} is not valid SVG/XML: {_one_line(err)}") from err
     if root is None or _local(root.tag) != "svg":
         tag = "none" if root is None else _local(root.tag)
         raise DuetgenInputError(f"sketch {name!r} is XML but not SVG (root element <{tag}>)")
@@ -808,11 +945,11 @@ def _length(value: str | None, reference: float | None = None) -> float | None:
 def _svg_frame(root: ET.Element) -> tuple[float, float, float, float] | None:
     """The canvas (x0, y0, x1, y1) in user units, from viewBox or else width/height; None if undeclared."""
     view_box = [float(v) for v in _NUMBER_RE.findall(root.get("viewBox", ""))]
-    if len(view_box) == 4 and view_box[2] > 0 and view_box[3] > 0:
+    if len(view_box) == 4 and view_box[2] > 0 and view_box[3] > 0 and all(map(math.isfinite, view_box)):
         x, y, width, height = view_box
         return x, y, x + width, y + height
     width, height = _length(root.get("width")), _length(root.get("height"))
-    if width and height and width > 0 and height > 0:
+    if width and height and 0 < width < math.inf and 0 < height < math.inf:
         return 0.0, 0.0, width, height
     return None
 
@@ -878,6 +1015,13 @@ def _paint(value: str | None) -> str | None:
     return "ink"
 
 
+def _overflow_error(name: str, tag: str) -> DuetgenInputError:
+    return DuetgenInputError(
+        f"sketch {name!r} has a <{tag}> whose coordinates or stroke width are infinite or overflow after its "
+        "transforms; fix the numbers in the file (e.g. 1e999 or scale(1e300))"
+    )
+
+
 def _svg_shapes(data: bytes, name: str, limits: SketchLimits) -> tuple[list[_Shape], tuple | None]:
     """Parse an SVG into shapes in user units, and its canvas frame (None if it declares none)."""
     root = _parse_svg(data, name, limits)
@@ -887,7 +1031,10 @@ def _svg_shapes(data: bytes, name: str, limits: SketchLimits) -> tuple[list[_Sha
 
     def walk(element: ET.Element, ctm: np.ndarray, style: dict[str, str], depth: int) -> None:
         if depth > _MAX_SVG_DEPTH:
-            raise DuetgenInputError(f"sketch {name!r} nests SVG elements over {_MAX_SVG_DEPTH} deep")
+            raise DuetgenInputError(
+                f"sketch {name!r} nests SVG elements over {_MAX_SVG_DEPTH} deep; flatten its groups (ungroup them in "
+                "the drawing program) and save it again"
+            )
         tag = _local(element.tag)
         if tag not in _SVG_CONTAINERS and tag not in _SVG_SHAPES:
             logger.debug("sketch %r: skipping unsupported SVG element <%s>", name, tag)
@@ -912,7 +1059,11 @@ def _svg_shapes(data: bytes, name: str, limits: SketchLimits) -> tuple[list[_Sha
         try:
             subpaths = _element_geometry(element, tag, frame, budget)
         except ValueError as err:
-            raise DuetgenInputError(f"sketch {name!r} has a malformed <{tag}>: {err}") from err
+            raise DuetgenInputError(f"sketch {name!r} has a malformed <{tag}>: {_one_line(err)}") from err
+        except ArithmeticError as err:  # a float overflow in arc geometry
+            raise _overflow_error(name, tag) from err
+        if not math.isfinite(width):
+            raise _overflow_error(name, tag)
         for points, closed in subpaths:
             if len(points) < 2:
                 continue  # a lone moveto draws nothing
@@ -920,13 +1071,16 @@ def _svg_shapes(data: bytes, name: str, limits: SketchLimits) -> tuple[list[_Sha
                 points = [*points, points[0]]
             xy = np.asarray(points, dtype=np.float64)  # (N, 2)
             xy = xy @ ctm[:2, :2].T + ctm[:2, 2]
+            if not np.isfinite(xy).all():
+                raise _overflow_error(name, tag)
             shapes.append(_Shape(points=xy, width=width, stroke=draw_stroke, fill=draw_fill))
             if len(shapes) > limits.max_strokes:
                 raise DuetgenInputError(
                     f"sketch {name!r} has over {limits.max_strokes:,} shapes (SketchLimits.max_strokes)"
                 )
 
-    walk(root, np.eye(3), {}, 0)
+    with np.errstate(all="ignore"):  # overflows become inf / NaN, refused by _overflow_error
+        walk(root, np.eye(3), {}, 0)
     if not shapes:
         raise _blank_error(name, "no path, polyline, polygon, line, rect, circle or ellipse to draw")
     return shapes, frame

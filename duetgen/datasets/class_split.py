@@ -23,6 +23,8 @@ from pathlib import Path
 
 from duetgen.errors import DuetgenInputError
 
+from ._common import read_text_file
+
 SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
 SKETCHY_CLASSES_FILE = SPLITS_DIR / "sketchy_classes125.txt"
 _BUILTIN = {"sketchy_zs_unseen21": "sketchy_zs_unseen21.txt", "sketchy128_zs": "sketchy128_zs.json"}
@@ -48,9 +50,12 @@ def list_class_splits() -> list[str]:
     return sorted(_BUILTIN)
 
 
+_EXPECTED = 'a JSON {"train": [...], "test": [...]} or a text file with one class per line'
+
+
 def _read_lines(path: Path) -> list[str]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text_file(path, "class split", _EXPECTED).splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             out.append(line)
@@ -100,9 +105,10 @@ def load_class_split(path_or_name: str | os.PathLike, classes: Sequence[str] | N
     name = key if key in _BUILTIN else str(path)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DuetgenInputError(f"class split '{path}' is not valid JSON: {e}") from e
+            data = json.loads(read_text_file(path, "class split", _EXPECTED))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, or nested too deep
+            detail = str(e) if isinstance(e, ValueError) else "nested too deep"
+            raise DuetgenInputError(f"class split '{path}' is not valid JSON ({detail}); expected {_EXPECTED}") from e
         if not isinstance(data, dict) or "train" not in data or "test" not in data:
             raise DuetgenInputError(f'class split \'{path}\' must be a JSON object with "train" and "test" lists')
         train, test = _names(data["train"], path, "train"), _names(data["test"], path, "test")

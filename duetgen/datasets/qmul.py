@@ -23,7 +23,7 @@ from pathlib import Path
 
 from duetgen.errors import DuetgenInputError
 
-from ._common import Transform, list_images, list_subdirs
+from ._common import Transform, list_images, list_subdirs, read_text_file
 from .sketch_photo_dataset import SketchPhotoDataset
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _read_names(path: Path) -> set[str]:
     if not path.is_file():
         raise DuetgenInputError(f"QMUL split file '{path}' does not exist; expected one file name per line")
     names = set()
-    for line in path.read_text().splitlines():
+    for line in read_text_file(path, "QMUL split file", "one file name per line").splitlines():
         line = line.strip().replace("\\", "/")
         if line and not line.startswith("#"):
             names.add(os.path.splitext(line.rsplit("/", 1)[-1])[0])

@@ -28,6 +28,8 @@ from duetgen.errors import DuetgenInputError
 from ._common import Transform, select_classes
 
 _PREFIXES = ("full_simplified_", "full_raw_", "full_numpy_bitmap_", "full-simplified-", "full-raw-")
+_MAX_LINE_BYTES = 16 * 1024 * 1024  # one ndjson record (the largest raw QuickDraw drawings are well under 1 MB)
+_MAX_NPY_HEADER = 65536  # bytes of a .npy header (numpy writes a few hundred)
 _FORMATS = ("auto", "ndjson", "npy")
 _EXPECTED = "<class>.ndjson files (raw or simplified) or <class>.npy 28x28 bitmaps of shape (N, 784)"
 
@@ -65,6 +67,83 @@ def render_strokes(
             else:
                 draw.line(xy, fill=0, width=line_width, joint="curve")
     return im.convert(mode)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _read_line(fh, path: Path, pos: int) -> bytes:
+    """One line of an ndjson file, bounded by ``_MAX_LINE_BYTES``."""
+    line = fh.readline(_MAX_LINE_BYTES + 1)
+    if len(line) > _MAX_LINE_BYTES:
+        raise DuetgenInputError(
+            f"QuickDraw file '{path}' has a line over {_MAX_LINE_BYTES:,} bytes at byte {pos}; expected one JSON "
+            "drawing per line"
+        )
+    return line
+
+
+def _parse_record(line: bytes, path: Path, where: str) -> dict:
+    """One ndjson record as a dict; anything else is a DuetgenInputError naming the file and ``where`` (line/byte)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise DuetgenInputError(
+            f"QuickDraw file '{path}' {where} is not a JSON object ({_first_line(e)}); expected one JSON drawing "
+            "per line"
+        ) from e
+    if not isinstance(record, dict):
+        raise DuetgenInputError(
+            f"QuickDraw file '{path}' {where} is not a JSON object (a {type(record).__name__}); expected one JSON "
+            "drawing per line"
+        )
+    return record
+
+
+def _checked_strokes(drawing: object, where: str) -> list[np.ndarray]:
+    """Validate a QuickDraw ``drawing`` and return its strokes as float32 (n, 2) or (n, 3) arrays."""
+    from duetgen.sketch_input import DEFAULT_LIMITS
+
+    if not isinstance(drawing, list):
+        raise DuetgenInputError(f"{where}: 'drawing' must be a list of strokes [[xs, ys], ...]")
+    if len(drawing) > DEFAULT_LIMITS.max_strokes:
+        raise DuetgenInputError(f"{where}: {len(drawing):,} strokes, over {DEFAULT_LIMITS.max_strokes:,}")
+    strokes, total = [], 0
+    for k, stroke in enumerate(drawing):
+        if (
+            not isinstance(stroke, list)
+            or len(stroke) not in (2, 3)
+            or not all(isinstance(c, list) for c in stroke)
+            or len({len(c) for c in stroke}) != 1
+        ):
+            raise DuetgenInputError(f"{where}: stroke {k} must be [xs, ys] or [xs, ys, ts], lists of equal length")
+        total += len(stroke[0])
+        if total > DEFAULT_LIMITS.max_points:
+            raise DuetgenInputError(f"{where}: over {DEFAULT_LIMITS.max_points:,} points in one drawing")
+        try:
+            with np.errstate(over="ignore"):
+                points = np.array(stroke, dtype=np.float64).astype(np.float32).T  # (n, 2 | 3)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise DuetgenInputError(f"{where}: stroke {k} has non-numeric coordinates") from e
+        if not np.isfinite(points).all():
+            raise DuetgenInputError(f"{where}: stroke {k} has NaN, infinite or out-of-range coordinates")
+        strokes.append(points)
+    return strokes
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse a .npy whose header declares an absurd length before numpy reads (and allocates) it."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if len(head) >= 10 and head[:6] == b"\x93NUMPY":
+        major = head[6]
+        length = int.from_bytes(head[8:10], "little") if major == 1 else int.from_bytes(head[8:12], "little")
+        if length > _MAX_NPY_HEADER:
+            raise DuetgenInputError(
+                f"QuickDraw file '{path}' declares a .npy header of {length:,} bytes (corrupt); expected {_EXPECTED}"
+            )
 
 
 class QuickDrawDataset(Dataset):
@@ -155,23 +234,23 @@ class QuickDrawDataset(Dataset):
     @staticmethod
     def _ndjson_word(path: Path) -> str:
         with open(path, "rb") as fh:
-            first = fh.readline()
+            first = _read_line(fh, path, 0)
         if not first.strip():
-            raise DuetgenInputError(f"QuickDraw file '{path}' is empty; expected one JSON drawing per line")
-        try:
-            word = json.loads(first).get("word")
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise DuetgenInputError(f"QuickDraw file '{path}' line 1 is not a JSON object: {e}") from e
-        return str(word) if word else _class_from_filename(path)
+            raise DuetgenInputError(f"QuickDraw file '{path}' is empty or starts with a blank line; expected one JSON "
+                                    "drawing per line")  # fmt: skip
+        record = _parse_record(first, path, "line 1")
+        word = record.get("word")
+        return str(word) if isinstance(word, (str, int, float)) and word != "" else _class_from_filename(path)
 
     @staticmethod
     def _index_ndjson(path: Path, limit: int | None, recognized_only: bool) -> list[int]:
         offsets = []
         with open(path, "rb") as fh:
-            pos = 0
-            for line in fh:
+            pos = lineno = 0
+            while line := _read_line(fh, path, pos):
+                lineno += 1
                 if line.strip():
-                    if not recognized_only or json.loads(line).get("recognized", True):
+                    if not recognized_only or _parse_record(line, path, f"line {lineno}").get("recognized", True):
                         offsets.append(pos)
                         if limit is not None and len(offsets) >= limit:
                             break
@@ -179,12 +258,19 @@ class QuickDrawDataset(Dataset):
         return offsets
 
     def _index_npy(self, fi: int, path: Path, limit: int | None) -> list[int]:
+        _check_npy_header(path)
         try:
-            arr = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise DuetgenInputError(f"QuickDraw file '{path}' is not a readable .npy array: {e}") from e
-        if arr.ndim != 2 or arr.shape[1] != 784:
-            raise DuetgenInputError(f"QuickDraw file '{path}' has shape {arr.shape}; expected (N, 784) 28x28 bitmaps")
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - numpy raises ValueError, OSError, SyntaxError, TokenError, EOFError...
+            raise DuetgenInputError(
+                f"QuickDraw file '{path}' is not a readable .npy array ({_first_line(e)}); expected {_EXPECTED}"
+            ) from e
+        if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 784:
+            shape = getattr(arr, "shape", "none: it is an .npz archive")
+            getattr(arr, "close", lambda: None)()
+            raise DuetgenInputError(f"QuickDraw file '{path}' has shape {shape}; expected (N, 784) 28x28 bitmaps")
+        if arr.dtype.kind not in "biuf":
+            raise DuetgenInputError(f"QuickDraw file '{path}' has dtype {arr.dtype}; expected uint8 28x28 bitmaps")
         self._bitmaps[fi] = arr
         n = arr.shape[0] if limit is None else min(limit, arr.shape[0])
         return list(range(n))
@@ -197,27 +283,35 @@ class QuickDrawDataset(Dataset):
         if self.file_format != "ndjson":
             raise DuetgenInputError("read_record needs ndjson files; this dataset reads .npy bitmaps")
         path = self.files[self._file_idx[index]]
+        pos = int(self._positions[index])
         with open(path, "rb") as fh:
-            fh.seek(int(self._positions[index]))
-            line = fh.readline()
-        try:
-            rec = json.loads(line)
-            rec["drawing"]  # noqa: B018 - presence check
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            fh.seek(pos)
+            line = _read_line(fh, path, pos)
+        rec = _parse_record(line, path, f"at byte {pos}")
+        if "drawing" not in rec:
             raise DuetgenInputError(
-                f"QuickDraw file '{path}' at byte {int(self._positions[index])} is not a drawing record "
-                f"with a 'drawing' list: {e}"
-            ) from e
+                f"QuickDraw file '{path}' at byte {pos} is not a drawing record: it has no 'drawing' list of "
+                "strokes; expected QuickDraw ndjson records"
+            )
         return rec
 
     def strokes(self, index: int) -> list[np.ndarray]:
-        """Strokes of drawing ``index``: a list of (n_points, 2) arrays (x, y), or (n_points, 3) with time (raw)."""
-        return [np.asarray(s, dtype=np.float32).T for s in self.read_record(index)["drawing"]]
+        """Strokes of drawing ``index``: a list of (n_points, 2) arrays (x, y), or (n_points, 3) with time (raw).
+
+        Raises:
+            DuetgenInputError: the record's ``drawing`` is not a list of ``[xs, ys(, ts)]`` number lists of equal
+                length, has non-finite values, or is over :class:`duetgen.SketchLimits`' stroke or point bounds.
+        """
+        path, pos = self.files[self._file_idx[index]], int(self._positions[index])
+        return _checked_strokes(self.read_record(index)["drawing"], f"QuickDraw file '{path}' at byte {pos}")
 
     def load_sketch(self, index: int) -> Any:
         if self.file_format == "npy":
             fi = int(self._file_idx[index])
-            bitmap = np.asarray(self._bitmaps[fi][int(self._positions[index])], dtype=np.uint8).reshape(28, 28)
+            row = np.asarray(self._bitmaps[fi][int(self._positions[index])])
+            if row.dtype != np.uint8:
+                row = np.clip(np.nan_to_num(row.astype(np.float64)), 0, 255)
+            bitmap = row.astype(np.uint8).reshape(28, 28)
             im = Image.fromarray(bitmap)
             item: Any = (ImageOps.invert(im) if self.invert_bitmaps else im).convert(self.image_mode)
         else:
