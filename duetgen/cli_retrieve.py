@@ -71,8 +71,14 @@ def _index_args(p: argparse.ArgumentParser) -> None:
 def _index(args: argparse.Namespace) -> int:
     from .gallery import MANIFEST, Gallery
 
-    if not os.path.isdir(os.path.expanduser(args.photos)):
-        raise DuetgenInputError(f"PHOTOS_DIR '{args.photos}' is not a folder")
+    photos = os.path.expanduser(args.photos)
+    if not os.path.isdir(photos):
+        if os.path.islink(photos) and not os.path.exists(photos):
+            raise DuetgenInputError(
+                f"PHOTOS_DIR '{args.photos}' is a symlink loop (or a broken link); point it at a folder of photos"
+            )
+        what = "it does not exist" if not os.path.exists(photos) else "it is a file"
+        raise DuetgenInputError(f"PHOTOS_DIR '{args.photos}' is not a folder ({what}); pass a folder of photos")
     if args.batch_size < 1:
         raise DuetgenInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     limits.check("max_batch", args.batch_size, "--batch-size")
@@ -131,10 +137,11 @@ def _model_for(gallery_dir: Path, model: str | None) -> str | None:
     from .gallery import MANIFEST
 
     try:
-        source = json.loads((gallery_dir / MANIFEST).read_text()).get("model_source")
-    except (OSError, ValueError):
+        manifest = json.loads((gallery_dir / MANIFEST).read_bytes())
+        source = manifest.get("model_source") if isinstance(manifest, dict) else None
+    except (OSError, ValueError, RecursionError):
         return None  # Gallery.open reports the problem
-    if source and source != "embedded" and Path(source).exists():
+    if isinstance(source, str) and source and source != "embedded" and "\0" not in source and Path(source).exists():
         return source
     return None
 

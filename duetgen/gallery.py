@@ -52,7 +52,9 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -76,6 +78,11 @@ MANIFEST, EMBEDDINGS, ITEMS, INDEX_FILE, REGIONS = (
     "manifest.json", "embeddings.npy", "items.jsonl", "index.faiss", "regions.npy"
 )  # fmt: skip
 MAX_SKIPPED_LISTED = 1000
+REBUILD_HINT = "rebuild the gallery with 'duetgen index PHOTOS_DIR --out GALLERY --rebuild'"
+MAX_NPY_HEADER = 65536  # bytes; numpy writes a few hundred
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_EMBED_DIM = 65536
+MAX_INDEX_PARAM = 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,35 +401,70 @@ class _FolderVersion:
                 raise DuetgenInputError(missing) from None
             raise CheckpointError(f"gallery '{self.path}' has no {name}; rebuild it with 'duetgen index'") from None
 
-    def read_bytes(self, name: str, *, missing: str | None = None, optional: bool = False) -> bytes | None:
+    def read_bytes(
+        self, name: str, *, missing: str | None = None, optional: bool = False, limit: int | None = None
+    ) -> bytes | None:
+        """The bytes of ``name``; with ``limit``, a larger file is refused before it is read."""
         fh = self.open(name, missing=missing, optional=optional)
         if fh is None:
             return None
         with fh:
+            if limit is not None:
+                size = os.fstat(fh.fileno()).st_size
+                if size > limit:
+                    raise CheckpointError(
+                        f"{name} in gallery '{self.path}' is damaged (it is {size} bytes, more than the {limit} a "
+                        f"gallery of this size can hold); {REBUILD_HINT}"
+                    )
             return fh.read()
 
     def load_npy(self, name: str, mmap: bool) -> np.ndarray:
-        """An .npy array of this version, memory-mapped through the open file or read into memory (no pickles)."""
+        """An .npy array of this version, memory-mapped through the open file or read into memory (no pickles).
+
+        The header is bounded (:data:`MAX_NPY_HEADER` bytes) and the declared shape checked against the file size
+        before anything is allocated; any damage is a :class:`CheckpointError` naming the file.
+        """
         from numpy.lib import format as npf
 
         with self.open(name) as fh:
             try:
                 version = npf.read_magic(fh)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise ValueError(f"unsupported .npy format version {version}")
+                start = fh.tell()
+                size_field = fh.read(2 if version == (1, 0) else 4)
+                if len(size_field) not in (2, 4):
+                    raise ValueError("the header is cut short")
+                header_len = int.from_bytes(size_field, "little")
+                if header_len > MAX_NPY_HEADER:
+                    raise ValueError(f"its header declares {header_len} bytes (at most {MAX_NPY_HEADER} allowed)")
+                fh.seek(start)
                 header = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
                 shape, fortran, dtype = header(fh)
-                if dtype.hasobject:
-                    raise ValueError("object arrays are not allowed")
-                count = int(np.prod(shape, dtype=np.int64))
+                if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8) or dtype.shape:
+                    raise ValueError(f"it holds {dtype} values, not floats")
+                if not all(isinstance(d, int) and d >= 0 for d in shape):
+                    raise ValueError(f"bad shape {shape}")
+                count = math.prod(shape)
+                offset = fh.tell()
+                available = os.fstat(fh.fileno()).st_size - offset
+                if count * dtype.itemsize > available:
+                    raise ValueError(f"shape {shape} needs {count * dtype.itemsize} bytes, the file holds {available}")
                 order = "F" if fortran else "C"
                 if mmap and count:
-                    return np.memmap(fh, dtype=dtype, mode="r", shape=shape, order=order, offset=fh.tell())
+                    return np.memmap(fh, dtype=dtype, mode="r", shape=shape, order=order, offset=offset)
                 data = np.fromfile(fh, dtype=dtype, count=count)
                 if data.size != count:
                     raise ValueError(f"{data.size} of {count} values present")
                 return data.reshape(shape, order=order)
-            except ValueError as err:
+            except (OSError, MemoryError, _VersionReplaced):
+                raise
+            except Exception as err:  # noqa: BLE001 - numpy's header parser raises TokenError, SyntaxError...
                 self.check_unchanged()
-                raise CheckpointError(f"{name} in gallery '{self.path}' is damaged ({err}); rebuild it") from err
+                detail = _one_line(err) or type(err).__name__
+                raise CheckpointError(
+                    f"{name} in gallery '{self.path}' is damaged ({detail}); {REBUILD_HINT}"
+                ) from err
 
 
 class Gallery:
@@ -528,48 +570,64 @@ class Gallery:
     def _open_version(cls, folder: _FolderVersion, encoder, mmap: bool) -> Gallery:
         path = folder.path
         raw = folder.read_bytes(MANIFEST, missing=f"'{path}' is not a gallery (no {MANIFEST}); build one with "
-                                "'duetgen index'")  # fmt: skip
+                                "'duetgen index'", limit=MAX_MANIFEST_BYTES)  # fmt: skip
         try:
             manifest = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{MANIFEST} in '{path}' is not valid JSON ({err})") from err
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise CheckpointError(
+                f"{MANIFEST} in '{path}' is not valid JSON ({_one_line(err)}); {REBUILD_HINT}"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"{MANIFEST} in '{path}' is not a JSON object; {REBUILD_HINT}")
         if manifest.get("kind") != GALLERY_KIND or manifest.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"'{path}' is not a duetgen gallery of format {FORMAT_VERSION} "
-                f"(kind={manifest.get('kind')!r}, format_version={manifest.get('format_version')!r})"
+                f"(kind={manifest.get('kind')!r:.60}, format_version={manifest.get('format_version')!r:.60})"
             )
+        _check_manifest(manifest, path)
         if encoder is not None:
             check_identity(manifest["encoder"], encoder, f"gallery '{path}'")
+        n, dim = manifest["counts"]["items"], manifest["embed_dim"]
         emb = folder.load_npy(EMBEDDINGS, mmap)
-        text = folder.read_bytes(ITEMS).decode("utf-8")
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        for it in items:  # stored relative to the gallery folder (relocatable); absolute in memory
-            it["path"] = _from_stored(it["path"], path)
-        if manifest.get("root"):
-            manifest["root"] = _from_stored(manifest["root"], path)
-        n = manifest["counts"]["items"]
-        if emb.shape != (n, manifest["embed_dim"]) or len(items) != n:
+        if emb.shape != (n, dim):
             folder.finish()
             raise CheckpointError(
-                f"gallery '{path}' is inconsistent: manifest says {n} items of dim {manifest['embed_dim']}, "
-                f"{EMBEDDINGS} has shape {emb.shape}, {ITEMS} has {len(items)} rows"
+                f"gallery '{path}' is inconsistent: {MANIFEST} says {n} items of dim {dim}, {EMBEDDINGS} has shape "
+                f"{emb.shape}; {REBUILD_HINT}"
             )
+        text = folder.read_bytes(ITEMS, limit=(n + 1) * MAX_ITEM_BYTES)
+        items = _parse_items(text, path)
+        if len(items) != n:
+            folder.finish()
+            raise CheckpointError(
+                f"gallery '{path}' is inconsistent: {MANIFEST} says {n} items, {ITEMS} has {len(items)} rows; "
+                f"{REBUILD_HINT}"
+            )
+        if manifest.get("root"):
+            manifest["root"] = _from_stored(manifest["root"], path)
         regions = region_config = boxes = None
         if manifest.get("regions"):
+            region_config, boxes = _region_meta(manifest["regions"], path)
             regions = folder.load_npy(REGIONS, mmap)
-            region_config = RegionConfig.from_dict(manifest["regions"]["config"])
-            boxes = np.asarray(manifest["regions"]["boxes"], dtype=np.float32)
+            if regions.shape != (n, len(boxes), dim):
+                folder.finish()
+                raise CheckpointError(
+                    f"gallery '{path}' is inconsistent: {REGIONS} has shape {regions.shape}, expected "
+                    f"({n}, {len(boxes)}, {dim}) from {MANIFEST}; {REBUILD_HINT}"
+                )
         idx = manifest["index"]
         index = None
-        data = folder.read_bytes(INDEX_FILE, optional=True)
+        limit = MAX_INDEX_OVERHEAD + n * (4 * dim + MAX_INDEX_BYTES_PER_ITEM)
+        data = folder.read_bytes(INDEX_FILE, optional=True, limit=limit)
         if data is not None:
-            index = VectorIndex.from_bytes(data, idx["kind"], idx.get("params"))
-            if index.ntotal != n:
-                logger.warning("index of '%s' has %d rows for %d items; rebuilding it", path, index.ntotal, n)
+            index = _read_index(data, idx, path)
+            if index.ntotal != n or index.dim != dim:
+                logger.warning("index of '%s' has %d rows of dim %d for %d items of dim %d; rebuilding it",
+                               path, index.ntotal, index.dim, n, dim)  # fmt: skip
                 index = None
         folder.finish()
         return cls(emb, items, manifest["encoder"], regions=regions, region_config=region_config,
-                   region_boxes=boxes, index=index, index_kind=idx.get("requested", "auto"),
+                   region_boxes=boxes, index=index, index_kind=idx.get("requested") or "auto",
                    dtype=manifest["dtype"], path=path, manifest=manifest)  # fmt: skip
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -611,6 +669,7 @@ class Gallery:
                 fh.writelines(json.dumps({**it, "path": _to_stored(it["path"], path)}, separators=(",", ":")) + "\n"
                               for it in self.items)  # fmt: skip
             index.save(tmp / INDEX_FILE)
+            manifest["index"]["sha256"] = _file_sha256(tmp / INDEX_FILE)
             if self.regions is not None:
                 np.save(tmp / REGIONS, np.asarray(self.regions, dtype=np.float16))
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -1084,6 +1143,162 @@ class GalleryBuilder:
             gallery.save(self.out)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return gallery
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation of a gallery folder's files (a corrupt or hostile file is a CheckpointError, never another exception)
+# ---------------------------------------------------------------------------------------------------------------
+
+MAX_ITEM_BYTES = 64 * 1024  # per items.jsonl row (a path is at most a few KiB)
+MAX_INDEX_OVERHEAD = 64 * 2**20  # bytes of index.faiss beyond the vectors (IVF centroids, headers)
+MAX_INDEX_BYTES_PER_ITEM = 4096  # HNSW links and ids per item, generously
+MAX_IMAGE_SIDE = 2**31 - 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _file_sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damaged(file: str, path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{file} in gallery '{path}' is damaged: {what}; {REBUILD_HINT}")
+
+
+def _check_manifest(m: dict, path: Path) -> None:
+    """Checks the types and ranges of every manifest value that opening, searching or saving uses."""
+
+    def bad(what: str) -> CheckpointError:
+        return _damaged(MANIFEST, path, what)
+
+    if not isinstance(m.get("encoder"), dict):
+        raise bad("'encoder' is missing or not an object")
+    dim = m.get("embed_dim")
+    if not _is_int(dim) or not 1 <= dim <= MAX_EMBED_DIM:
+        raise bad(f"'embed_dim' must be an integer in [1, {MAX_EMBED_DIM}], got {dim!r:.60}")
+    if m.get("dtype") not in ("float32", "float16"):
+        raise bad(f"'dtype' must be 'float32' or 'float16', got {m.get('dtype')!r:.60}")
+    counts = m.get("counts")
+    if not isinstance(counts, dict) or not _is_int(counts.get("items")) or counts["items"] < 0:
+        raise bad("'counts.items' is missing or not a non-negative integer")
+    if "skipped" in counts and (not _is_int(counts["skipped"]) or counts["skipped"] < 0):
+        raise bad("'counts.skipped' is not a non-negative integer")
+    if not isinstance(m.get("skipped", []), list):
+        raise bad("'skipped' is not a list")
+    if m.get("next_id") is not None and (not _is_int(m["next_id"]) or m["next_id"] < 0):
+        raise bad("'next_id' is not a non-negative integer")
+    for key in ("root", "model_source"):
+        if m.get(key) is not None and (not isinstance(m[key], str) or "\0" in m[key]):
+            raise bad(f"'{key}' is not a path")
+    if m.get("image_size") is not None and (not _is_int(m["image_size"]) or m["image_size"] < 1):
+        raise bad("'image_size' is not a positive integer")
+    idx = m.get("index")
+    if not isinstance(idx, dict) or idx.get("kind") not in _INDEX_KINDS:
+        raise bad(f"'index.kind' must be one of {', '.join(_INDEX_KINDS)}")
+    if idx.get("requested") not in (None, "auto", *_INDEX_KINDS):
+        raise bad(f"'index.requested' is not an index kind: {idx.get('requested')!r:.60}")
+    params = idx.get("params")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise bad("'index.params' is not an object")
+        for key in ("nlist", "nprobe", "M", "ef_search"):
+            if key in params and (not _is_int(params[key]) or not 1 <= params[key] <= MAX_INDEX_PARAM):
+                raise bad(f"'index.params.{key}' must be an integer in [1, {MAX_INDEX_PARAM}]")
+        if "tuned_recall" in params and not _is_number(params["tuned_recall"]):
+            raise bad("'index.params.tuned_recall' is not a number")
+    sha = idx.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise bad("'index.sha256' is not a SHA-256 hex digest")
+
+
+def _region_meta(r, path: Path) -> tuple[RegionConfig, np.ndarray]:
+    """The region config and (R, 4) boxes of a manifest's ``regions`` entry, checked."""
+
+    def bad(what: str) -> CheckpointError:
+        return _damaged(MANIFEST, path, what)
+
+    if not isinstance(r, dict) or not isinstance(r.get("config"), dict):
+        raise bad("'regions.config' is missing or not an object")
+    c = r["config"]
+    scales = c.get("scales")
+    if not isinstance(scales, list) or not all(_is_number(s) for s in scales) or len(scales) > 64:
+        raise bad("'regions.config.scales' is not a list of numbers")
+    if not _is_number(c.get("overlap")) or not all(isinstance(c.get(k), bool) for k in ("whole", "patches")):
+        raise bad("'regions.config' needs a number 'overlap' and booleans 'whole' and 'patches'")
+    try:
+        config = RegionConfig.from_dict(c)
+    except DuetgenInputError as err:
+        raise bad(f"'regions.config' is invalid ({_one_line(err)})") from None
+    boxes = r.get("boxes")
+    if (
+        not isinstance(boxes, list)
+        or not boxes
+        or not all(isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in boxes)
+    ):
+        raise bad("'regions.boxes' is not a non-empty list of [x0, y0, x1, y1] numbers")
+    arr = np.asarray(boxes, dtype=np.float32)
+    if not (np.isfinite(arr).all() and (arr >= 0).all() and (arr <= 1).all()):
+        raise bad("'regions.boxes' holds values outside [0, 1]")
+    per_item = r.get("per_item", len(boxes))
+    if per_item != len(boxes) or not _is_int(per_item):
+        raise bad(f"'regions.per_item' is {per_item!r:.40} but there are {len(boxes)} boxes")
+    return config, arr
+
+
+def _parse_items(raw: bytes, path: Path) -> list[dict]:
+    """The rows of items.jsonl, each checked to be ``{"id": int >= 0, "path": str, "w": int >= 0, "h": int >= 0}``
+    (ids unique), with paths made absolute."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _damaged(ITEMS, path, f"it is not UTF-8 text ({_one_line(err)})") from None
+    items, seen = [], set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            it = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            raise _damaged(ITEMS, path, f"line {lineno} is not valid JSON ({_one_line(err, 80)})") from None
+        if not isinstance(it, dict):
+            raise _damaged(ITEMS, path, f"line {lineno} is not a JSON object")
+        i, p, w, h = it.get("id"), it.get("path"), it.get("w"), it.get("h")
+        if not _is_int(i) or i < 0 or i in seen:
+            raise _damaged(ITEMS, path, f"line {lineno} has no unique non-negative integer 'id'")
+        if not isinstance(p, str) or not p or "\0" in p:
+            raise _damaged(ITEMS, path, f"line {lineno} has no 'path' string")
+        if not (_is_int(w) and _is_int(h) and 0 <= w <= MAX_IMAGE_SIDE and 0 <= h <= MAX_IMAGE_SIDE):
+            raise _damaged(ITEMS, path, f"line {lineno} has no non-negative integer 'w' and 'h'")
+        seen.add(i)
+        it["path"] = _from_stored(p, path)  # stored relative to the gallery folder (relocatable); absolute in memory
+        items.append(it)
+    return items
+
+
+def _read_index(data: bytes, idx: dict, path: Path) -> VectorIndex:
+    """The FAISS index from the bytes of index.faiss, checked against the manifest's SHA-256 (when recorded) and
+    the index kind; a damaged file is a CheckpointError, never a faiss error."""
+    sha = idx.get("sha256")
+    if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+        raise _damaged(INDEX_FILE, path, f"its SHA-256 does not match the one in {MANIFEST}")
+    return VectorIndex.from_bytes(data, idx["kind"], idx.get("params"), source=f"{INDEX_FILE} in gallery '{path}'")
 
 
 def _to_stored(p: str | None, gallery_dir: Path) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuetgenInputError
+from .errors import CheckpointError, DuetgenInputError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ AUTO_THRESHOLD = 200_000
 AUTO_APPROX_KIND = "ivf"
 DEFAULT_TARGET_RECALL = 0.95
 HNSW_M = 32
+REBUILD_HINT = "rebuild the gallery with 'duetgen index PHOTOS_DIR --out GALLERY --rebuild'"
+_INDEX_CLASSES = {"flat": ("IndexFlatIP", "IndexFlat"), "ivf": ("IndexIVFFlat",), "hnsw": ("IndexHNSWFlat",)}
 
 
 def _faiss():
@@ -221,18 +223,47 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str, params: dict | None = None) -> VectorIndex:
+        """An index from a file written by :meth:`save`.
+
+        Raises:
+            DuetgenInputError: the file is missing.
+            CheckpointError: the file is damaged or holds another kind of index.
+        """
         path = Path(path)
         if not path.is_file():
             raise DuetgenInputError(f"index file '{path}' is missing")
-        return cls(_faiss().read_index(str(path)), kind, params)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise DuetgenInputError(f"index file '{path}' cannot be read ({err.strerror})") from None
+        return cls.from_bytes(data, kind, params, source=f"index file '{path}'")
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str, params: dict | None = None) -> VectorIndex:
+    def from_bytes(
+        cls, data: bytes, kind: str, params: dict | None = None, *, source: str = "the index file"
+    ) -> VectorIndex:
         """An index from the bytes of a file written by :meth:`save` (read through an already open file, so a
-        gallery is read from one consistent version of its folder)."""
+        gallery is read from one consistent version of its folder).
+
+        Raises:
+            CheckpointError: the bytes are not a FAISS index of ``kind`` (faiss' own errors, including allocation
+                failures from a damaged header, never escape).
+        """
         if not data:
-            raise DuetgenInputError("the index file is empty")
-        return cls(_faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8)), kind, params)
+            raise CheckpointError(f"{source} is empty; {REBUILD_HINT}")
+        faiss = _faiss()
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as err:
+            detail = " ".join(str(err).split()) or type(err).__name__
+            detail = detail if len(detail) <= 160 else detail[:157] + "..."
+            raise CheckpointError(f"{source} is damaged ({detail}); {REBUILD_HINT}") from None
+        expected = _INDEX_CLASSES.get(kind)
+        if expected is None:
+            raise CheckpointError(f"{source}: unknown index kind {kind!r:.40}; {REBUILD_HINT}")
+        if not isinstance(index, tuple(getattr(faiss, c) for c in expected)):
+            raise CheckpointError(f"{source} holds a {type(index).__name__}, not a {kind} index; {REBUILD_HINT}")
+        return cls(index, kind, params)
 
     def __repr__(self) -> str:
         return f"VectorIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim}, params={self.params})"

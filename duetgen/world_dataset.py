@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from . import world
+from .errors import DuetgenInputError
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +79,92 @@ class WorldGroups:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WorldGroups:
+        """Reads a cache written by :meth:`save`.
+
+        Raises:
+            DuetgenInputError: the cache (``path`` or its ``.json`` side file) is missing, damaged or inconsistent;
+                the message names the file and says to delete it (:func:`load_or_build` then renders it again).
+        """
         path = Path(path)
-        with np.load(path, allow_pickle=False) as data:
-            photos, sketches, shapes = data["photos"], data["sketches"], data["shapes"]
-        records = json.loads(path.with_suffix(".json").read_text())
+        side = path.with_suffix(".json")
+
+        def damaged(file: Path, what: str) -> DuetgenInputError:
+            return DuetgenInputError(f"world cache '{file}' is damaged ({what}); delete it and it will be rebuilt")
+
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                photos, sketches, shapes = data["photos"], data["sketches"], data["shapes"]
+        except FileNotFoundError:
+            raise DuetgenInputError(f"world cache '{path}' does not exist; build it with load_or_build") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise damaged(path, _one_line(err)) from None
+        g = photos.shape[0] if photos.ndim == 6 else -1
+        if (
+            photos.dtype != np.uint8
+            or sketches.dtype != np.uint8
+            or photos.ndim != 6
+            or photos.shape[1:3] != (2, 2)
+            or photos.shape[-1] != 3
+            or sketches.shape != (g, 2, *photos.shape[3:5])
+            or shapes.shape != (g, 2)
+            or shapes.dtype.kind not in "iu"
+        ):
+            raise damaged(path, "its arrays do not have the shapes of a set of twin groups")
+        try:
+            size = side.stat().st_size
+        except FileNotFoundError:
+            raise damaged(side, "the side file is missing") from None
+        if size > MAX_RECORD_BYTES * (g + 1):
+            raise damaged(side, f"{size} bytes for {g} groups")
+        try:
+            records = json.loads(side.read_bytes())
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise damaged(side, f"not valid JSON: {_one_line(err)}") from None
+        if not isinstance(records, list) or len(records) != g:
+            raise damaged(side, f"it must be a list of {g} group records")
+        for i, rec in enumerate(records):
+            problem = _record_problem(rec)
+            if problem:
+                raise damaged(side, f"group {i}: {problem}")
         return cls(photos=photos, sketches=sketches, shapes=shapes, records=records)
+
+
+MAX_RECORD_BYTES = 16 * 1024  # a group record is a few hundred bytes of JSON
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number_in(v, lo: float, hi: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _record_problem(rec) -> str | None:
+    """What is wrong with one group record of the side file (None: nothing): the keys, types and ranges that
+    :meth:`WorldGroups.words` and :meth:`WorldGroups.caption` rely on."""
+    if not isinstance(rec, dict):
+        return "not an object"
+    insts, attrs = rec.get("instances"), rec.get("attrs")
+    if not (isinstance(insts, list) and len(insts) == 2 and isinstance(attrs, list) and len(attrs) == 2):
+        return "'instances' and 'attrs' must be lists of two"
+    for inst in insts:
+        if not isinstance(inst, dict) or not isinstance(inst.get("shape"), str) or inst["shape"] not in world.SHAPES:
+            return "an instance has no valid 'shape'"
+        for key, lo, hi in (("cx", 0.0, 1.0), ("cy", 0.0, 1.0), ("scale", 0.0, 1.0), ("rotation", -1e6, 1e6)):
+            if not _number_in(inst.get(key), lo, hi):
+                return f"an instance's {key!r} is not a number in [{lo:g}, {hi:g}]"
+        params = inst.get("params")
+        if not (isinstance(params, list) and len(params) == 2 and all(_number_in(v, 0.0, 1.0) for v in params)):
+            return "an instance's 'params' is not two numbers in [0, 1]"
+    for att in attrs:
+        if not isinstance(att, dict):
+            return "an attribute set is not an object"
+        for key, valid in (("colour", world.COLOURS), ("pattern", world.PATTERNS), ("domain", world.DOMAINS)):
+            if not isinstance(att.get(key), str) or att[key] not in valid:
+                return f"an attribute set's {key!r} is not one of {', '.join(valid)}"
+    return None
 
 
 def _instance(d: dict) -> world.Instance:
@@ -175,10 +259,14 @@ def load_or_build(path: str | os.PathLike, n_groups: int, seed: int, size: int =
     """Loads a cached set if it matches (n_groups, size), else renders and caches it."""
     path = Path(path)
     if path.is_file():
-        groups = WorldGroups.load(path)
-        if len(groups) == n_groups and groups.size == size:
-            return groups
-        logger.info("cache %s does not match (n=%d, size=%d); rebuilding", path, n_groups, size)
+        try:
+            groups = WorldGroups.load(path)
+        except DuetgenInputError as err:
+            logger.warning("%s; rebuilding it", err)
+        else:
+            if len(groups) == n_groups and groups.size == size:
+                return groups
+            logger.info("cache %s does not match (n=%d, size=%d); rebuilding", path, n_groups, size)
     groups = build_world_groups(n_groups, seed, size, shapes)
     groups.save(path)
     return groups

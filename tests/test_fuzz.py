@@ -54,17 +54,7 @@ SETTINGS = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
-GALLERY_BUG = (
-    "duetgen/gallery.py (owned elsewhere): Gallery.open lets KeyError/TypeError/ValueError/JSONDecodeError/"
-    "UnicodeDecodeError/RecursionError/TokenError/faiss RuntimeError escape on a corrupt gallery file, and can try "
-    "to allocate huge .npy headers / faiss arrays; see /tmp/fuzz_gallery_bugs.md"
-)
-WORLD_BUG = (
-    "duetgen/world_dataset.py (not in this change): WorldGroups.load/caption let JSONDecodeError, KeyError, "
-    "TypeError, IndexError escape on a corrupt cache side file; see /tmp/fuzz_gallery_bugs.md"
-)
-
-# Known repros that keep each strict xfail failing until its bug is fixed (minimal inputs, see the bug file).
+# Minimal repros of bugs the fuzzer found (fixed; kept as explicit examples so they stay fixed).
 GALLERY_REPROS = {
     "gallery_manifest": b'{"kind": "duetgen-gallery", "format_version": 1}',
     "gallery_items": b"not json\n",
@@ -86,11 +76,12 @@ PARSERS = [
     "qmul_split",
     "checkpoint_config",
     "checkpoint_weights",
-    pytest.param("world_groups", marks=pytest.mark.xfail(strict=True, reason=WORLD_BUG)),
-    *(
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=GALLERY_BUG))
-        for name in ("gallery_manifest", "gallery_items", "gallery_embeddings", "gallery_index", "gallery_regions")
-    ),
+    "world_groups",
+    "gallery_manifest",
+    "gallery_items",
+    "gallery_embeddings",
+    "gallery_index",
+    "gallery_regions",
 ]
 
 

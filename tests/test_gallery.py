@@ -287,3 +287,172 @@ def test_gallery_moves_with_its_photos(tmp_path, encoder):
     assert all(Path(p).is_file() and str(tmp_path / "b") in p for p in g.paths)
     hit = g.search(encoder.encode_image(torch.rand(1, 3, 32, 32)).detach().numpy(), 1)[0][0]
     assert Path(hit.path).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# damaged gallery files (found by tests/test_fuzz.py): refused with one-line CheckpointErrors, never other exceptions
+
+
+@pytest.fixture(scope="module")
+def region_gallery(tmp_path_factory, encoder) -> Path:
+    root = tmp_path_factory.mktemp("damaged")
+    paths = write_photos(root / "photos", 3, nested=False)
+    Gallery.build(paths, encoder, root / "good", num_workers=0, progress=False, regions=True)
+    return root / "good"
+
+
+def _manifest(good: Path, **changes) -> bytes:
+    m = json.loads((good / MANIFEST).read_text())
+    m.update(changes)
+    return json.dumps(m).encode()
+
+
+def _regions(good: Path, **changes) -> bytes:
+    m = json.loads((good / MANIFEST).read_text())
+    m["regions"].update(changes)
+    return json.dumps(m).encode()
+
+
+def _items_line0(good: Path, **changes) -> bytes:
+    lines = (good / "items.jsonl").read_text().splitlines()
+    d = json.loads(lines[0])
+    d.update({k: v for k, v in changes.items() if v is not ...})
+    for k in [k for k, v in changes.items() if v is ...]:
+        del d[k]
+    lines[0] = json.dumps(d)
+    return ("\n".join(lines) + "\n").encode()
+
+
+DAMAGED = {
+    "manifest nested deep": ("manifest.json", lambda g: b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    "manifest a number": ("manifest.json", lambda g: b"1", "not a JSON object"),
+    "no encoder": ("manifest.json", lambda g: b'{"kind": "duetgen-gallery", "format_version": 1}', "'encoder'"),
+    "counts a number": ("manifest.json", lambda g: _manifest(g, counts=5), "counts.items"),
+    "index null": ("manifest.json", lambda g: _manifest(g, index=None), "index.kind"),
+    "root a number": ("manifest.json", lambda g: _manifest(g, root=7), "'root'"),
+    "embed_dim a string": ("manifest.json", lambda g: _manifest(g, embed_dim="32"), "embed_dim"),
+    "nprobe NaN": (
+        "manifest.json",
+        lambda g: _manifest(g, index={"kind": "flat", "params": {"nprobe": float("nan")}}),
+        "nprobe",
+    ),  # fmt: skip
+    "ragged boxes": ("manifest.json", lambda g: _regions(g, boxes=[[0, 0, 1]]), "regions.boxes"),
+    "NaN box": ("manifest.json", lambda g: _regions(g, boxes=[[0, 0, float("nan"), 1]] * 35), "regions.boxes"),
+    "boxes miscounted": ("manifest.json", lambda g: _regions(g, boxes=[[0, 0, 1, 1]], per_item=1), "regions.npy"),
+    "region scales null": ("manifest.json", lambda g: _regions(g, config={"scales": None}), "scales"),
+    "items not JSON": ("items.jsonl", lambda g: b"not json\n", "line 1 is not valid JSON"),
+    "items not UTF-8": ("items.jsonl", lambda g: b"\xff\xfe\n", "not UTF-8"),
+    "item without path": ("items.jsonl", lambda g: _items_line0(g, path=...), "line 1 has no 'path'"),
+    "item path a list": ("items.jsonl", lambda g: _items_line0(g, path=[1]), "line 1 has no 'path'"),
+    "item id inf": ("items.jsonl", lambda g: _items_line0(g, id=float("inf")), "'id'"),
+    "item w a string": ("items.jsonl", lambda g: _items_line0(g, w="40"), "'w'"),
+    "item deep JSON": ("items.jsonl", lambda g: b"[" * 100_000 + b"\n", "line 1 is not valid JSON"),
+    "too few items": ("items.jsonl", lambda g: _items_line0(g).split(b"\n", 1)[1], "has 2 rows"),
+    "npy header cut": ("embeddings.npy", lambda g: b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',\n", "damaged"),
+    "npy header 2 GB": ("embeddings.npy", lambda g: b"\x93NUMPY\x02\x00\xff\xff\xff\x7f" + b" " * 100, "header"),
+    "npy of strings": ("embeddings.npy", lambda g: _npy_bytes(np.array([["a"] * 32] * 3)), "not floats"),
+    "npy shape too big": ("embeddings.npy", lambda g: _npy_bytes(np.zeros((3, 32), np.float32))[:-8], "bytes"),
+    "regions header cut": ("regions.npy", lambda g: b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f2',\n", "damaged"),
+    "regions wrong shape": ("regions.npy", lambda g: _npy_bytes(np.zeros((3, 2, 32), np.float16)), "shape"),
+    "index garbage": ("index.faiss", lambda g: b"IxF2garbage", "SHA-256"),
+    "index empty": ("index.faiss", lambda g: b"", "SHA-256"),
+}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_gallery_files_are_refused_with_one_line(tmp_path, encoder, region_gallery, case):
+    import shutil
+
+    file, make, needle = DAMAGED[case]
+    d = tmp_path / "g"
+    shutil.copytree(region_gallery, d)
+    (d / file).write_bytes(make(region_gallery))
+    with pytest.raises(CheckpointError) as err:
+        g = Gallery.open(d, encoder)
+        q = torch.nn.functional.normalize(torch.randn(2, encoder.embed_dim), dim=-1)
+        g.search(q, k=2)
+        g.search(q, k=2, regions=True)
+    message = str(err.value)
+    assert "\n" not in message and needle in message, message
+    assert "duetgen index" in message or "built with encoder" in message, message
+
+
+def test_index_checksum_detects_mutation_and_legacy_galleries_open(tmp_path, encoder, region_gallery):
+    import shutil
+
+    manifest = json.loads((region_gallery / MANIFEST).read_text())
+    assert len(manifest["index"]["sha256"]) == 64
+    q = torch.nn.functional.normalize(torch.randn(1, encoder.embed_dim), dim=-1)
+    expected = Gallery.open(region_gallery, encoder).search(q, k=3)
+
+    flipped = tmp_path / "flipped"  # a flipped bit in the stored vectors: faiss alone would accept it silently
+    shutil.copytree(region_gallery, flipped)
+    data = bytearray((flipped / "index.faiss").read_bytes())
+    data[-5] ^= 0x10
+    (flipped / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="index.faiss in gallery .* SHA-256 does not match"):
+        Gallery.open(flipped, encoder)
+
+    legacy = tmp_path / "legacy"  # saved before the checksum: opens, and a garbage index is still refused cleanly
+    shutil.copytree(region_gallery, legacy)
+    del manifest["index"]["sha256"]
+    (legacy / MANIFEST).write_text(json.dumps(manifest))
+    got = Gallery.open(legacy, encoder).search(q, k=3)
+    assert [(r.id, r.score) for r in got[0]] == [(r.id, r.score) for r in expected[0]]
+    (legacy / "index.faiss").write_bytes(b"IxF2garbage")
+    with pytest.raises(CheckpointError, match=r"index.faiss in gallery .* is damaged \(.*\); rebuild the gallery"):
+        Gallery.open(legacy, encoder)
+    (legacy / "index.faiss").write_bytes(b"IxFI" + b"\xff" * 64)  # a header declaring an enormous index
+    with pytest.raises(CheckpointError, match="index.faiss"):
+        Gallery.open(legacy, encoder)
+
+
+def test_damaged_world_cache_is_refused_then_rebuilt(tmp_path):
+    from duetgen.world_dataset import WorldGroups, build_world_groups, load_or_build
+
+    cache = tmp_path / "w.npz"
+    build_world_groups(2, 0, 16, progress=False).save(cache)
+    good = cache.with_suffix(".json").read_bytes()
+    record = json.loads(good)[0]
+    bad_inst = {**record, "instances": [{**record["instances"][0], "cx": float("nan")}, record["instances"][1]]}
+    bad_attrs = {**record, "attrs": [{"colour": "red"}, record["attrs"][1]]}
+    damaged = [b"not json", b"\xff\xfe", b"[" * 100_000, b'[{"instances": [], "attrs": []}]', b"{}"]
+    damaged += [json.dumps(recs).encode() for recs in ([record], [bad_inst, record], [bad_attrs, record])]
+    for data in damaged:
+        cache.with_suffix(".json").write_bytes(data)
+        with pytest.raises(DuetgenInputError, match=r"world cache .* is damaged .*; delete it and it will be rebuilt"):
+            WorldGroups.load(cache)
+    groups = load_or_build(cache, 2, seed=0, size=16)  # rebuilt, with a warning
+    assert len(groups) == 2 and cache.with_suffix(".json").read_bytes() == good
+    assert WorldGroups.load(cache).caption(1, 1, 1)
+
+
+def test_pipeline_folder_check_refuses_deep_json_and_path_names(tmp_path):
+    from duetgen.pipelines.pipeline_duetgen import check_pipeline_folder
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "model_index.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        check_pipeline_folder(tmp_path / "p")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps({"../outside": ["duetgen", "ComposedQueryEncoder"]}))
+    with pytest.raises(CheckpointError, match="is not a plain name"):
+        check_pipeline_folder(tmp_path / "p")
+
+
+def test_index_cli_names_a_symlink_loop(tmp_path, capsys):
+    from duetgen.cli import main
+
+    loop = tmp_path / "photos"
+    os.symlink(loop, loop)
+    assert main(["index", str(loop), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a symlink loop (or a broken link); point it at a folder" in err, err

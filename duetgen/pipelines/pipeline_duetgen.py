@@ -508,6 +508,9 @@ def _count_sketches(sketch, nested: bool = False) -> int:
     )
 
 
+MAX_MODEL_INDEX_BYTES = 1 << 20  # a pipeline's model_index.json is well under 1 KiB
+
+
 def check_pipeline_folder(path: str | os.PathLike) -> dict:
     """Validates a local pipeline folder before diffusers imports anything it names; returns model_index.json.
 
@@ -519,15 +522,28 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise CheckpointError(f"'{path}' is not a pipeline folder: it has no model_index.json")
+    if index_file.stat().st_size > MAX_MODEL_INDEX_BYTES:
+        raise CheckpointError(
+            f"model_index.json in '{path}' is over {MAX_MODEL_INDEX_BYTES} bytes; it is not a pipeline index: "
+            "save the pipeline again with save_pretrained"
+        )
     try:
-        index = json.loads(index_file.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"model_index.json in '{path}' is not valid JSON ({err})") from err
+        index = json.loads(index_file.read_bytes())
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        detail = " ".join(str(err).split())[:160]
+        raise CheckpointError(
+            f"model_index.json in '{path}' is not valid JSON ({detail}); save the pipeline again with save_pretrained"
+        ) from None
     if not isinstance(index, dict):
         raise CheckpointError(f"model_index.json in '{path}' is not a JSON object")
     for name, entry in index.items():
         if name.startswith("_") or entry is None or entry == [None, None]:
             continue
+        if not name.isidentifier():
+            raise CheckpointError(
+                f"model_index.json in '{path}': component name {name!r:.80} is not a plain name (a component is a "
+                "subfolder of the pipeline folder); fix or remove that entry"
+            )
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
             raise CheckpointError(f"model_index.json in '{path}': component {name!r} is malformed: {entry!r:.80}")
         library = entry[0].split(".")[0]
