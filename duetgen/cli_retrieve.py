@@ -54,7 +54,9 @@ def _index_args(p: argparse.ArgumentParser) -> None:
         default=64,
         help="images per forward pass (default 64; at most DUETGEN_MAX_BATCH, 256)",
     )
-    p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(2, cpus))")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="image decoding processes (default: half the cores, at most 2)"
+    )
     p.add_argument("--regions", action="store_true", help="also keep region embeddings (scene retrieval)")
     p.add_argument(
         "--index",

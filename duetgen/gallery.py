@@ -42,8 +42,9 @@ build again (same files, encoder and options) continues where it stopped. Shards
 (``recipes/build_gallery.py``): each rank embeds its contiguous range of the sorted path list, rank 0 merges the
 shards in path order.
 
-Images are decoded by a torch DataLoader (``num_workers`` processes, default ``min(2, cpus)``) so decoding overlaps
-the model; files that cannot be decoded, broken links and symlink loops are skipped with a warning and counted.
+Images are decoded by a torch DataLoader (``num_workers`` processes, default half the cores, at most 2) so decoding
+overlaps the model, which meanwhile runs on the cores the workers leave free; files that cannot be decoded, broken
+links and symlink loops are skipped with a warning and counted.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -221,7 +223,37 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def default_num_workers() -> int:
-    return min(2, os.cpu_count() or 1)
+    """Decoding processes: half the cores, at most 2 (1 on a 2-core machine)."""
+    return max(1, min(2, (os.cpu_count() or 1) // 2))
+
+
+def _model_threads(encoder, paths: Sequence[str], num_workers: int, windows) -> int | None:
+    """Torch threads for the model while ``num_workers`` processes decode, or None to keep the current setting.
+
+    When decoding costs a noticeable share of the model's time (a small model, as the embedded one), the model gets
+    the cores the workers leave free: on 2 cores one decoding process and one model thread side by side beat four
+    threads fighting over two cores. When the model dominates (a ViT-B), it keeps every thread. The two costs are
+    measured on the first image and a small batch (``benchmarks/bench_index.py`` shows both cases).
+    """
+    cpus = os.cpu_count() or 1
+    if not num_workers or not paths or torch.device(encoder.device).type != "cpu":
+        return None
+    free = max(1, min(torch.get_num_threads(), cpus - num_workers))
+    if free >= torch.get_num_threads():
+        return None
+    try:
+        t0 = time.perf_counter()
+        decode_image(paths[0], encoder.image_size, windows)
+        t_decode = time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 - a bad first file is reported later, by the loader
+        return None
+    probe = torch.zeros(8, 3, encoder.image_size, encoder.image_size, device=encoder.device, dtype=encoder.dtype)
+    with torch.inference_mode():
+        encoder.encode_image(probe[:1])  # warm-up
+        t0 = time.perf_counter()
+        encoder.encode_image(probe)
+        t_model = (time.perf_counter() - t0) / len(probe)
+    return free if t_decode > 0.25 * t_model else None
 
 
 def _iter_embedded(
@@ -250,6 +282,18 @@ def _iter_embedded(
         data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         prefetch_factor=4 if num_workers else None, persistent_workers=False,
     )  # fmt: skip
+    threads = _model_threads(encoder, [paths[r] for r in rows[:1]], num_workers, windows)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield from _encode_batches(encoder, loader, region_config, progress)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
+def _encode_batches(encoder, loader, region_config, progress):
     with torch.inference_mode():
         for batch_rows, images, crops, ws, hs, errors in loader:
             if region_config is not None:
@@ -927,7 +971,7 @@ class GalleryBuilder:
         images: a folder (recursive) or a list of image files.
         out: the gallery folder to write (``None``: build in memory, in a temporary work folder).
         batch_size: images per forward pass.
-        num_workers: DataLoader decoding processes (default ``min(2, cpus)``; 0 decodes in this process).
+        num_workers: DataLoader decoding processes (default half the cores, at most 2; 0 decodes in this process).
         regions: ``True`` (default :class:`RegionConfig`) or a RegionConfig to also keep region embeddings.
         dtype: ``"float32"`` or ``"float16"`` for ``embeddings.npy``.
         index: "auto", "flat", "ivf" or "hnsw" (see :mod:`duetgen.index`).
