@@ -473,7 +473,7 @@ CASES: list[Case] = [
         make_self_loop_root,
         run_index,
         DuetgenInputError,
-        (r"PHOTOS_DIR .* is not a folder",),
+        (r"PHOTOS_DIR .* is a symlink loop",),
         seconds=10.0,
         imports=("duetgen.cli", "duetgen.gallery", *CKPT_IMPORTS),
     ),
