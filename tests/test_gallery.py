@@ -456,3 +456,41 @@ def test_index_cli_names_a_symlink_loop(tmp_path, capsys):
     assert main(["index", str(loop), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a symlink loop (or a broken link); point it at a folder" in err, err
+
+
+def test_build_gives_the_model_the_cores_the_decoders_leave_free(tmp_path, encoder, monkeypatch):
+    """On 2 cores a small model (decoding costs as much as encoding) runs on 1 thread beside 1 decoding process, and
+    the caller's thread setting is restored after the build; a heavy model (decoding negligible) keeps every thread."""
+    from duetgen import gallery as G
+
+    (tmp_path / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # 600 px noise photos: decoding one costs far more than the tiny encoder's forward
+        Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"p{i}.png")
+    paths = sorted(str(p) for p in (tmp_path / "photos").iterdir())
+    monkeypatch.setattr(G.os, "cpu_count", lambda: 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert G._model_threads(encoder, paths[:1], num_workers=1, windows=None) == 1
+        assert G._model_threads(encoder, paths[:1], num_workers=0, windows=None) is None  # nothing decodes aside
+        seen = []
+        real_encode = encoder.encode_image
+        monkeypatch.setattr(
+            encoder, "encode_image", lambda x: (seen.append(torch.get_num_threads()), real_encode(x))[1]
+        )
+        Gallery.build(tmp_path / "photos", encoder, tmp_path / "g", batch_size=2, num_workers=1, progress=False)
+        assert seen and seen[-1] == 1  # the last batch was encoded on the one free core
+        assert torch.get_num_threads() == 2  # and the caller's setting is back
+
+        class Heavy(torch.nn.Module):  # an encoder whose forward costs far more than decoding a photo
+            device, dtype, image_size = torch.device("cpu"), torch.float32, encoder.image_size
+
+            def encode_image(self, x):
+                time.sleep(0.01 * len(x))
+                return x.flatten(1)
+
+        small = write_photos(tmp_path / "small", 1)  # a 40 px photo decodes in well under a millisecond
+        assert G._model_threads(Heavy(), small, num_workers=1, windows=None) is None
+    finally:
+        torch.set_num_threads(previous)
