@@ -51,13 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for f in dataclasses.fields(DuetLossConfig):
         if f.type in ("float", "int") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    p.add_argument(
-        "--train-visual",
-        action="store_true",
-        help="also fine-tune every weight of the visual encoder V (at --visual-lr-scale x lr): the small stand-in "
-        "CLIP has too little capacity for LayerNorm-only tuning to learn sketch-to-photo geometry",
-    )
-    p.add_argument("--visual-lr-scale", type=float, default=0.1)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")
     return p.parse_args(argv)
 
@@ -93,15 +86,7 @@ def main(argv=None) -> None:
     assert not unexpected and all(k.startswith("visual_prompts") for k in missing), (missing, unexpected)
     encoder.init_prompt_from_text()
     params = encoder.set_trainable("duet")
-    groups_ = [{"params": params, "lr": args.lr}]
-    if args.train_visual:
-        seen = {id(p) for p in params}
-        visual = [p for p in encoder.clip.visual.parameters() if id(p) not in seen]
-        for p in visual:
-            p.requires_grad_(True)
-        groups_.append({"params": visual, "lr": args.lr * args.visual_lr_scale})
-        params = params + visual
-    opt = torch.optim.AdamW(groups_, lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:

@@ -25,6 +25,33 @@ def tiny_encoder():
     return ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny").eval()
 
 
+def make_tiny_pipeline(seed: int = 0, random_null: bool = True):
+    """A tiny real DuetGenPipeline (32 px, random weights), diffusers-test style, shared by the tests.
+
+    ``random_null`` draws a non-zero null query so that guidance changes the result measurably.
+    """
+    from duetgen import ComposedQueryEncoder
+    from duetgen.backbones import get_clip_config
+    from duetgen.pipelines import DuetGenPipeline
+
+    torch.manual_seed(seed)
+    encoder = ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny", sketch_fit="canvas")
+    pipe = DuetGenPipeline.from_encoder(
+        encoder.eval(),
+        sample_size=32,
+        block_out_channels=(8, 16),
+        attention_levels=1,
+        norm_num_groups=4,
+        cross_attention_dim=16,
+        attention_head_dim=8,
+    )
+    if random_null:
+        with torch.no_grad():
+            pipe.conditioner.null_query.normal_()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def embedded_present() -> bool:
     from duetgen.embedded import ENCODER_DIR
 

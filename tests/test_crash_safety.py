@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -371,16 +372,8 @@ def test_training_killed_and_resumed_is_bit_identical(tmp_path, world_cache):
 
 @pytest.fixture(scope="module")
 def tiny_pipe_dir(tmp_path_factory) -> Path:
-    from duetgen.pipelines import DuetGenPipeline
-
-    torch.manual_seed(0)
-    encoder = duetgen.ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny",
-                                           sketch_fit="canvas")  # fmt: skip
-    pipe = DuetGenPipeline.from_encoder(encoder.eval(), sample_size=32, block_out_channels=(8, 16),
-                                        attention_levels=1, norm_num_groups=4, cross_attention_dim=16,
-                                        attention_head_dim=8)  # fmt: skip
     path = tmp_path_factory.mktemp("tiny") / "pipe"
-    pipe.save_pretrained(path)
+    make_tiny_pipeline(random_null=False).save_pretrained(path)
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from PIL import Image
 
 import duetgen
@@ -19,7 +20,6 @@ from duetgen.backbones import get_clip_config
 from duetgen.cli import main
 from duetgen.errors import DuetgenInputError
 from duetgen.gallery import Gallery
-from duetgen.pipelines import DuetGenPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_VARS = [*limits.ENV.values(), *limits.SKETCH_ENV.values()]
@@ -44,11 +44,8 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def pipe(encoder):
-    p = DuetGenPipeline.from_encoder(encoder, sample_size=32, block_out_channels=(8, 16), attention_levels=1,
-                                     norm_num_groups=4, cross_attention_dim=16, attention_head_dim=8)  # fmt: skip
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe():
+    return make_tiny_pipeline(random_null=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -15,7 +16,6 @@ from diffusers import (
 )
 
 import duetgen
-from duetgen.backbones import get_clip_config
 from duetgen.errors import CheckpointError
 from duetgen.generator import QueryConditioner
 from duetgen.pipelines import DuetGenPipeline, DuetGenPipelineOutput, load_pipeline
@@ -24,23 +24,7 @@ STEPS = 3
 
 
 def tiny_pipeline(seed: int = 0) -> DuetGenPipeline:
-    torch.manual_seed(seed)
-    encoder = duetgen.ComposedQueryEncoder(
-        get_clip_config("duetgen-tiny"), backbone="duetgen-tiny", sketch_fit="canvas"
-    )
-    pipe = DuetGenPipeline.from_encoder(
-        encoder.eval(),
-        sample_size=32,
-        block_out_channels=(8, 16),
-        attention_levels=1,
-        norm_num_groups=4,
-        cross_attention_dim=16,
-        attention_head_dim=8,
-    )
-    with torch.no_grad():  # a non-zero null query, so guidance does something measurable
-        pipe.conditioner.null_query.normal_()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return make_tiny_pipeline(seed)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from PIL import Image
 
-import duetgen
 from duetgen import world
-from duetgen.backbones import get_clip_config
 from duetgen.evaluator import EVALUATOR_DIR, WorldEvaluator, instance_mask, mask_iou
-from duetgen.pipelines import DuetGenPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -50,16 +48,8 @@ needs_evaluator = pytest.mark.skipif(not (EVALUATOR_DIR / "config.json").is_file
 @pytest.fixture(scope="module")
 def tiny_pipe_dir(tmp_path_factory) -> Path:
     """A tiny DuetGenPipeline (32 px, random weights) saved with save_pretrained."""
-    torch.manual_seed(0)
-    encoder = duetgen.ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny",
-                                           sketch_fit="canvas")  # fmt: skip
-    pipe = DuetGenPipeline.from_encoder(encoder.eval(), sample_size=32, block_out_channels=(8, 16),
-                                        attention_levels=1, norm_num_groups=4, cross_attention_dim=16,
-                                        attention_head_dim=8)  # fmt: skip
-    with torch.no_grad():
-        pipe.conditioner.null_query.normal_()
     path = tmp_path_factory.mktemp("tiny") / "pipe"
-    pipe.save_pretrained(path)
+    make_tiny_pipeline().save_pretrained(path)
     return path
 
 
