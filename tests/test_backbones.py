@@ -100,6 +100,14 @@ def test_conv_stem_replaces_the_patch_embedding_with_the_same_token_grid():
         build_clip({**_tiny_conv_stem_config(), "visual_stem": "resnet"})
 
 
+def test_conv_stem_width_comes_from_the_config():
+    wide = build_clip({**_tiny_conv_stem_config(), "visual_stem_channels": 16}).visual.conv1
+    assert [m.out_channels for m in wide.stages if isinstance(m, torch.nn.Conv2d)] == [16, 32, 32]  # capped at width
+    for bad in (0, "64", 2.5, True):
+        with pytest.raises(ValueError, match="visual_stem_channels"):
+            build_clip({**_tiny_conv_stem_config(), "visual_stem_channels": bad})
+
+
 def test_conv_stem_encoder_round_trips_and_frozen_stem_keeps_its_statistics(tmp_path):
     torch.manual_seed(0)
     enc = duetgen.ComposedQueryEncoder(_tiny_conv_stem_config(), backbone="tiny-cs")

@@ -156,7 +156,7 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
     """Builds an open_clip ``CLIP`` with random weights from a backbone name or a config dict. Never downloads.
 
     A config may carry ``"visual_stem": "conv"`` (duetgen's key): the ViT's linear patch embedding is replaced by a
-    :class:`ConvStem`.
+    :class:`ConvStem`, whose first stage has ``"visual_stem_channels"`` channels (default 32; doubled per stage).
     """
     from open_clip.model import CLIP
 
@@ -168,6 +168,9 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
     stem = cfg.get("visual_stem", "patch")
     if stem not in ("patch", "conv"):
         raise ValueError(f"visual_stem must be 'patch' or 'conv', got {stem!r}")
+    stem_channels = cfg.get("visual_stem_channels", 32)
+    if not isinstance(stem_channels, int) or isinstance(stem_channels, bool) or not 1 <= stem_channels <= 1024:
+        raise ValueError(f"visual_stem_channels must be an integer in [1, 1024], got {stem_channels!r}")
     keep = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")
     cfg = {k: v for k, v in cfg.items() if k in keep}
     if quick_gelu is not None:
@@ -176,7 +179,7 @@ def build_clip(name_or_config: str | dict, quick_gelu: bool | None = None):
     if stem == "conv":
         v = clip.visual
         patch = v.patch_size[0] if isinstance(v.patch_size, (tuple, list)) else int(v.patch_size)
-        v.conv1 = ConvStem(v.conv1.out_channels, patch)
+        v.conv1 = ConvStem(v.conv1.out_channels, patch, base_channels=stem_channels)
     return clip
 
 
