@@ -17,7 +17,8 @@ loss; the same trained G is the generator users call." This file holds the piece
 * Classifier-free guidance: a learned null query (``QueryConditioner.null_query``, shape (D,)) and a blank (white)
   sketch channel stand for "no condition". Training drops the query, the sketch channel or both
   (:func:`drop_conditions`); sampling guides from (null query, blank sketch) towards the full condition.
-* :func:`rec_loss`: L_rec, the DDPM denoising loss (epsilon or v prediction, 1000 steps, ``squaredcos_cap_v2``).
+* :func:`rec_loss`: L_rec, the DDPM denoising loss (epsilon, v or clean-sample prediction, 1000 steps,
+  ``squaredcos_cap_v2``).
 
 Pixel values inside G are in [-1, 1]; the sketch channel is the sketch's grey level mapped to [-1, 1]
 (white paper = +1, black ink = -1).
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_CHANNELS = 3
 SKETCH_CHANNELS = 1
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 # The default generator (the embedded model): ~4.2 M UNet parameters + ~0.07 M conditioner, ~8.5 MB in fp16.
 # Cost is dominated by the 64 x 64 level, hence only 16 channels there; attention only at 16 x 16, 8 x 8 and in the
@@ -203,29 +204,59 @@ def rec_loss(
     encoder_hidden_states: torch.Tensor,
     class_labels: torch.Tensor,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """L_rec: the denoising loss of G on clean images.
+
+    With ``snr_gamma`` the per-sample losses are Min-SNR-gamma weighted (Hang et al. 2023): the loss in clean-image
+    terms is weighted by ``min(SNR(t), gamma)``, i.e. ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) /
+    (SNR + 1)`` for v and ``min(SNR, gamma)`` for clean-sample prediction, with ``SNR = alpha_bar / (1 - alpha_bar)``.
+    Nearly noise-free steps, whose epsilon targets are the hardest to fit and matter least for the image, then stop
+    dominating the gradient.
 
     Args:
         images: (B, 3, S, S) targets in [-1, 1].
         sketch: (B, 1, S, S) sketch channel in [-1, 1] (:func:`sketch_channel` or :func:`blank_sketch`).
         encoder_hidden_states: (B, T, C) query tokens; class_labels: (B, D) queries (from :class:`QueryConditioner`).
         generator: seeds the noise and the timesteps (on CPU).
+        snr_gamma: Min-SNR-gamma weighting (None or 0: the plain mean squared error).
 
     Returns:
-        The mean squared error between the UNet output and the scheduler's target (epsilon or v).
+        The (weighted) mean squared error between the UNet output and the scheduler's target (epsilon, v or the
+        clean image).
     """
     b = images.shape[0]
     noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)  # (B, 3, S, S)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(images.device)  # (B,)
     noisy = scheduler.add_noise(images, noise, t)
-    if scheduler.config.prediction_type == "v_prediction":
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
         target = scheduler.get_velocity(images, noise, t)
+    elif kind == "sample":
+        target = images
     else:
         target = noise
     model_in = torch.cat([noisy, sketch.to(noisy.dtype)], dim=1)  # (B, 4, S, S)
     pred = unet(model_in, t, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels).sample
-    return F.mse_loss(pred.float(), target.float())
+    if not snr_gamma:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    return (snr_weights(scheduler, t, snr_gamma) * per_sample).mean()
+
+
+def snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (B,) for timesteps ``t`` under the scheduler's prediction type (:func:`rec_loss`)."""
+    if gamma <= 0:
+        raise ValueError(f"snr_gamma must be > 0, got {gamma}")
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = (alpha_bar / (1 - alpha_bar)).clamp(min=1e-8)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    if kind == "sample":
+        return clipped
+    return clipped / snr
 
 
 def count_parameters(*modules: nn.Module) -> int:

@@ -63,7 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", default="runs/cache/world_train_64.npz")
     p.add_argument("--world-seed", type=int, default=1000, help="seed of the rendered world (stage 2 uses 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"))
+    p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction", "sample"))
+    p.add_argument(
+        "--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023; 0: plain MSE)"
+    )
     p.add_argument("--block-out-channels", default="16,32,64,128", help="UNet channels per level")
     p.add_argument("--attention-levels", type=int, default=2, help="lowest levels with attention blocks")
     p.add_argument("--layers-per-block", type=int, default=1)
@@ -219,7 +222,7 @@ def main(argv=None) -> None:
         sk = sketch_channel(sketches, size=size)  # (B, 1, S, S)
         sk = torch.where(drop_s.view(-1, 1, 1, 1), blank_sketch(len(words), size, device=acc.device), sk)
         tokens, labels = conditioner(query, drop_q)
-        loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen)
+        loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen, snr_gamma=args.snr_gamma)
         acc.backward(loss)
         if args.grad_clip > 0:
             acc.clip_grad_norm_(trained, args.grad_clip)

@@ -251,3 +251,47 @@ def test_guidance_interval_guides_only_its_part_of_the_trajectory(pipe):
     for bad in [(0.7, 0.2), (0.0, 1.5), (0.5,), "all", (True, 1.0)]:
         with pytest.raises(ValueError, match="guidance_interval"):
             run(pipe, sketch=sketch(), text="red", guidance_interval=bad)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize(
+    "scheduler_cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler]
+)
+def test_every_prediction_type_samples_with_every_scheduler(prediction_type, scheduler_cls):
+    from duetgen.generator import build_scheduler
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_cls.from_config(build_scheduler(prediction_type).config)
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    a = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
+    b = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_rec_loss_targets_and_min_snr_weights(prediction_type):
+    from duetgen.generator import build_scheduler, rec_loss, snr_weights
+
+    pipe = tiny_pipeline()
+    sched = build_scheduler(prediction_type)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    sk = torch.ones(4, 1, 32, 32)
+    tokens, labels = pipe.conditioner(pipe.encoder.encode_query(words=["red"] * 4))
+
+    def loss(**kw):
+        return rec_loss(pipe.unet, sched, images, sk, tokens, labels, generator=torch.Generator().manual_seed(3), **kw)
+
+    with torch.no_grad():
+        plain, weighted = loss(), loss(snr_gamma=5.0)
+    assert torch.isfinite(plain) and torch.isfinite(weighted) and not torch.isclose(plain, weighted)
+    # the weights follow Min-SNR-gamma: min(SNR, 5) over SNR (eps), SNR + 1 (v) or 1 (x0)
+    t = torch.tensor([0, 500, 999])
+    ab = sched.alphas_cumprod[t]
+    snr = ab / (1 - ab)
+    denom = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    assert torch.allclose(snr_weights(sched, t, 5.0), snr.clamp(max=5.0) / denom, rtol=1e-4)
+    if prediction_type == "epsilon":  # a gamma above every SNR leaves epsilon's loss unweighted
+        with torch.no_grad():
+            assert torch.isclose(loss(snr_gamma=1e12), plain, rtol=1e-5)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        snr_weights(sched, t, -1.0)
