@@ -6,10 +6,16 @@ warm-up steps) and reports the held-out accuracy after ``--steps`` steps (chance
 
 * ``vit16``: the embedded model's visual tower (64 px, 16 px linear patch embedding, width 192, 4 layers);
 * ``vit8``: the same with 8 px patches and width 128 (4x the tokens);
-* ``stem``: ``vit16`` with :class:`duetgen.backbones.ConvStem` (the ``duetgen-world-cs`` architecture);
+* ``stem``: ``vit16`` with :class:`duetgen.backbones.ConvStem` (the ``duetgen-world-cs`` architecture: 64 stem
+  channels first, doubling per stage);
+* ``stem32``: the same with a 32-channel stem (the first conv-stem candidate);
 * ``cnn``: a 4-block conv net (reference).
 
     python benchmarks/bench_shape_learnability.py --arch stem vit16 --steps 800
+    python benchmarks/bench_shape_learnability.py --arch stem stem32 --steps 400 --sketch-share 0.25 --threads 1
+
+``--sketch-share`` puts that share of world sketches in each batch (as stage 1 does) and reports the held-out shape
+accuracy on photos and on sketches.
 
 Measured on 2 shared cores: ``vit16`` 0.07 after 150 steps, ``vit8`` 0.16 after 300, ``cnn`` 0.30 after 300,
 ``stem`` 0.64 after 800.
@@ -36,10 +42,11 @@ STD = torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", nargs="+", default=["stem", "vit16"], choices=("vit16", "vit8", "stem", "cnn"))
+    p.add_argument("--arch", nargs="+", default=["stem", "vit16"], choices=("vit16", "vit8", "stem", "stem32", "cnn"))
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sketch-share", type=float, default=0.0, help="share of each batch that are sketches")
     p.add_argument("--groups", type=int, default=12000, help="world twin groups of the training cache")
     p.add_argument("--cache", default="runs/cache/world_train_64.npz")
     p.add_argument("--test", type=int, default=500, help="held-out photos (the last groups of the cache)")
@@ -57,7 +64,9 @@ def build(arch: str) -> nn.Module:
 
         layers = [*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 128)]
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n))
-    cfg = get_clip_config("duetgen-world-cs" if arch == "stem" else "duetgen-world")
+    cfg = get_clip_config("duetgen-world-cs" if arch.startswith("stem") else "duetgen-world")
+    if arch == "stem32":
+        cfg["visual_stem_channels"] = 32
     if arch == "vit8":
         cfg["vision_cfg"].update(patch_size=8, width=128, head_width=32)
     clip = build_clip(cfg)
@@ -75,7 +84,14 @@ def run(arch: str, groups, labels: np.ndarray, args) -> dict:
     model.train()
     for _ in range(args.steps):
         g, i, j = rng.integers(0, n_train, args.batch), rng.integers(0, 2, args.batch), rng.integers(0, 2, args.batch)
-        x = (wd.to_float(groups.photos[g, i, j]) - MEAN) / STD
+        n_ph = args.batch - int(round(args.batch * args.sketch_share))
+        x = torch.cat(
+            [
+                wd.to_float(groups.photos[g[:n_ph], i[:n_ph], j[:n_ph]]),
+                wd.to_float(groups.sketches[g[n_ph:], i[n_ph:]]),
+            ]
+        )
+        x = (x - MEAN) / STD
         loss = F.cross_entropy(model(x), torch.as_tensor(labels[g, i]))
         opt.zero_grad()
         loss.backward()
@@ -86,7 +102,9 @@ def run(arch: str, groups, labels: np.ndarray, args) -> dict:
     g = np.arange(n_train, len(groups))
     with torch.no_grad():
         pred = model((wd.to_float(groups.photos[g, 0, 0]) - MEAN) / STD).argmax(1).numpy()
+        pred_sk = model((wd.to_float(groups.sketches[g, 0]) - MEAN) / STD).argmax(1).numpy()
     return {"arch": arch, "steps": args.steps, "held_out_shape_acc": float((pred == labels[g, 0]).mean()),
+            "held_out_sketch_shape_acc": float((pred_sk == labels[g, 0]).mean()),
             "final_loss": round(loss.item(), 4), "seconds": round(seconds, 1)}  # fmt: skip
 
 
@@ -102,10 +120,11 @@ def main(argv=None) -> list[dict]:
     for arch in args.arch:
         results.append(run(arch, groups, labels, args))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n| architecture | steps | held-out shape accuracy (chance {1 / len(shapes):.3f}) | seconds |")
+    print(f"\n| architecture | steps | shape accuracy photos / sketches (chance {1 / len(shapes):.3f}) | seconds |")
     print("|---|---|---|---|")
     for r in results:
-        print(f"| {r['arch']} | {r['steps']} | {r['held_out_shape_acc']:.3f} | {r['seconds']} |")
+        acc = f"{r['held_out_shape_acc']:.3f} / {r['held_out_sketch_shape_acc']:.3f}"
+        print(f"| {r['arch']} | {r['steps']} | {acc} | {r['seconds']} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
