@@ -38,12 +38,15 @@ class WorldGroups:
         sketches: (G, 2, H, W) uint8, indexed [group, instance].
         shapes: (G, 2) int64 shape-category index of each instance.
         records: per group, ``{"instances": [inst0, inst1], "attrs": [attrs0, attrs1]}`` as plain dicts.
+        pool: the shape categories the set was drawn from (all of :data:`duetgen.world.SHAPES` unless a zero-shot
+            split held some out); :func:`load_or_build` reuses a cache only for the same pool.
     """
 
     photos: np.ndarray
     sketches: np.ndarray
     shapes: np.ndarray
     records: list[dict]
+    pool: tuple[str, ...] = world.SHAPES
 
     def __len__(self) -> int:
         return self.photos.shape[0]
@@ -71,7 +74,8 @@ class WorldGroups:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, photos=self.photos, sketches=self.sketches, shapes=self.shapes)
+        pool = np.asarray([world.SHAPES.index(x) for x in self.pool], dtype=np.int64)
+        np.savez(tmp, photos=self.photos, sketches=self.sketches, shapes=self.shapes, pool=pool)
         meta_tmp = path.with_suffix(".json.tmp")
         meta_tmp.write_text(json.dumps(self.records))
         os.replace(meta_tmp, path.with_suffix(".json"))
@@ -94,6 +98,7 @@ class WorldGroups:
         try:
             with np.load(path, allow_pickle=False) as data:
                 photos, sketches, shapes = data["photos"], data["sketches"], data["shapes"]
+                pool_idx = data["pool"] if "pool" in data.files else np.arange(len(world.SHAPES))  # older caches
         except FileNotFoundError:
             raise DuetgenInputError(f"world cache '{path}' does not exist; build it with load_or_build") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -108,8 +113,14 @@ class WorldGroups:
             or sketches.shape != (g, 2, *photos.shape[3:5])
             or shapes.shape != (g, 2)
             or shapes.dtype.kind not in "iu"
+            or pool_idx.ndim != 1
+            or pool_idx.dtype.kind not in "iu"
+            or not 0 < len(pool_idx) <= len(world.SHAPES)
+            or len(set(pool_idx.tolist())) != len(pool_idx)
+            or not all(0 <= v < len(world.SHAPES) for v in pool_idx.tolist())
         ):
             raise damaged(path, "its arrays do not have the shapes of a set of twin groups")
+        pool = tuple(world.SHAPES[int(v)] for v in pool_idx)
         try:
             size = side.stat().st_size
         except FileNotFoundError:
@@ -124,9 +135,11 @@ class WorldGroups:
             raise damaged(side, f"it must be a list of {g} group records")
         for i, rec in enumerate(records):
             problem = _record_problem(rec)
+            if not problem and any(inst["shape"] not in pool for inst in rec["instances"]):
+                problem = "an instance's shape is outside the cache's shape pool"
             if problem:
                 raise damaged(side, f"group {i}: {problem}")
-        return cls(photos=photos, sketches=sketches, shapes=shapes, records=records)
+        return cls(photos=photos, sketches=sketches, shapes=shapes, records=records, pool=pool)
 
 
 MAX_RECORD_BYTES = 16 * 1024  # a group record is a few hundred bytes of JSON
@@ -252,24 +265,55 @@ def build_world_groups(
             for j, att in enumerate(attrs):
                 photos[g, i, j] = world.render_photo(inst, att, size=size, seed=int(rng.integers(2**31)))
         records.append({"instances": [_as_dict(x) for x in insts], "attrs": [_as_dict(a) for a in attrs]})
-    return WorldGroups(photos=photos, sketches=sketches, shapes=shape_idx, records=records)
+    return WorldGroups(photos=photos, sketches=sketches, shapes=shape_idx, records=records, pool=pool)
 
 
 def load_or_build(path: str | os.PathLike, n_groups: int, seed: int, size: int = 64, shapes=None) -> WorldGroups:
-    """Loads a cached set if it matches (n_groups, size), else renders and caches it."""
+    """Loads a cached set if it matches (n_groups, size, shape pool), else renders and caches it.
+
+    The shape pool matters for zero-shot runs: a cache of all shapes must never serve a run that holds some out.
+    """
     path = Path(path)
+    pool = tuple(shapes) if shapes else tuple(world.SHAPES)
+    for s in pool:
+        world._check_shape(s)
     if path.is_file():
         try:
             groups = WorldGroups.load(path)
         except DuetgenInputError as err:
             logger.warning("%s; rebuilding it", err)
         else:
-            if len(groups) == n_groups and groups.size == size:
+            if len(groups) == n_groups and groups.size == size and set(groups.pool) == set(pool):
                 return groups
-            logger.info("cache %s does not match (n=%d, size=%d); rebuilding", path, n_groups, size)
+            logger.info("cache %s does not match (n=%d, size=%d, %d shapes); rebuilding", path, n_groups, size,
+                        len(pool))  # fmt: skip
     groups = build_world_groups(n_groups, seed, size, shapes)
     groups.save(path)
     return groups
+
+
+def split_shapes(holdout: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(training shapes, held-out shapes)`` for a zero-shot split given as "bell,drop,kite" (or a tuple).
+
+    Raises:
+        DuetgenInputError: an unknown shape name, or every shape held out.
+    """
+    names = tuple(s.strip() for s in holdout.split(",") if s.strip()) if isinstance(holdout, str) else holdout or ()
+    for s in names:
+        world._check_shape(s)
+    train = tuple(s for s in world.SHAPES if s not in names)
+    if not train:
+        raise DuetgenInputError("every world shape is held out; leave at least one to train on")
+    return train, tuple(names)
+
+
+def cache_path(path: str | os.PathLike, holdout: tuple[str, ...] = ()) -> Path:
+    """The cache file of a training set: ``path`` itself, or ``<stem>_without_<shapes>.npz`` for a zero-shot split, so
+    the full set and each split keep their own cache."""
+    path = Path(path)
+    if not holdout:
+        return path
+    return path.with_name(f"{path.stem}_without_{'-'.join(sorted(holdout)).replace(' ', '')}{path.suffix}")
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

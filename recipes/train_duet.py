@@ -52,7 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if f.type in ("float", "int") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        wd.split_shapes(args.holdout_shapes)
+    except duetgen.DuetgenInputError as err:
+        p.error(f"--holdout-shapes: {err}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -70,11 +75,9 @@ def main(argv=None) -> None:
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(DuetLossConfig) if hasattr(args, f.name)}
     )
 
-    from duetgen import world
-
-    holdout = tuple(s for s in args.holdout_shapes.split(",") if s)
-    shapes = tuple(s for s in world.SHAPES if s not in holdout)
-    groups = wd.load_or_build(args.cache, args.groups, seed=1000 + args.seed, size=64, shapes=shapes)
+    shapes, holdout = wd.split_shapes(args.holdout_shapes)
+    cache = wd.cache_path(args.cache, holdout)  # a split never reads (or overwrites) the full set's cache
+    groups = wd.load_or_build(cache, args.groups, seed=1000 + args.seed, size=64, shapes=shapes)
     bench = build_twin_benchmark(args.eval_queries, shapes=shapes if not holdout else holdout)
 
     base = duetgen.load_encoder(args.init)

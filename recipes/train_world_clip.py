@@ -56,7 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        wd.split_shapes(args.holdout_shapes)
+    except duetgen.DuetgenInputError as err:
+        p.error(f"--holdout-shapes: {err}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -71,11 +76,9 @@ def main(argv=None) -> None:
     if acc.is_main_process:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
 
-    from duetgen import world
-
-    holdout = tuple(s for s in args.holdout_shapes.split(",") if s)
-    shapes = tuple(s for s in world.SHAPES if s not in holdout)
-    groups = wd.load_or_build(args.cache, args.groups, seed=1000 + args.seed, size=64, shapes=shapes)
+    shapes, holdout = wd.split_shapes(args.holdout_shapes)
+    cache = wd.cache_path(args.cache, holdout)  # a split never reads (or overwrites) the full set's cache
+    groups = wd.load_or_build(cache, args.groups, seed=1000 + args.seed, size=64, shapes=shapes)
 
     encoder = duetgen.ComposedQueryEncoder(
         clip_config=get_clip_config(args.arch),

@@ -53,3 +53,37 @@ def test_stage2_two_steps(stage1, extra):
 
     enc = duetgen.load_encoder(out / "encoder")
     assert enc.visual_prompts.shape[0] == 3
+
+
+def test_zero_shot_run_never_reads_the_full_cache(stage1):
+    """A held-out split gets its own cache (without those shapes) and leaves the full set's cache untouched."""
+    from duetgen import world_dataset as wd
+
+    tmp, cache, s1 = stage1
+    before = cache.read_bytes()
+    out = tmp / "stage2_zs"
+    _run("train_duet.py", "--init", str(s1 / "encoder"), "--out", str(out), "--steps", "1", "--groups-per-batch", "4",
+         "--groups", "12", "--cache", str(cache), "--eval-every", "1", "--eval-queries", "4", "--log-every", "1",
+         "--warmup", "1", "--holdout-shapes", "bell,drop,kite")  # fmt: skip
+    split = wd.cache_path(cache, ("bell", "drop", "kite"))
+    assert split != cache and split.is_file() and cache.read_bytes() == before
+    groups = wd.WorldGroups.load(split)
+    assert set(groups.pool) == set(wd.split_shapes("bell,drop,kite")[0])
+    seen = {inst["shape"] for rec in groups.records for inst in rec["instances"]}
+    assert seen and not seen & {"bell", "drop", "kite"}
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / "train_duet.py"), "--init", str(s1 / "encoder"),
+                        "--out", str(tmp / "bad"), "--holdout-shapes", "bel"], capture_output=True, text=True,
+                       cwd=REPO)  # fmt: skip
+    assert r.returncode == 2 and "error: --holdout-shapes: shape='bel' is not a world shape" in r.stderr
+
+
+def test_cache_is_rebuilt_for_another_shape_pool(tmp_path):
+    from duetgen import world_dataset as wd
+
+    path = tmp_path / "c.npz"
+    full = wd.load_or_build(path, 6, seed=0, size=16)
+    assert full.pool == wd.world.SHAPES
+    part = wd.load_or_build(path, 6, seed=0, size=16, shapes=("star", "heart"))  # same file: must not reuse it
+    assert part.pool == ("star", "heart")
+    assert {i["shape"] for r in part.records for i in r["instances"]} <= {"star", "heart"}
+    assert wd.WorldGroups.load(path).pool == ("star", "heart")
