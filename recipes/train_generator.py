@@ -68,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023; 0: plain MSE)"
     )
     p.add_argument("--block-out-channels", default="16,32,64,128", help="UNet channels per level")
+    p.add_argument(
+        "--no-sketch-fill",
+        action="store_true",
+        help="do not give the UNet the region the sketch encloses (an outline-only, 3 + 1 channel UNet)",
+    )
     p.add_argument("--attention-levels", type=int, default=2, help="lowest levels with attention blocks")
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--cross-attention-dim", type=int, default=128)
@@ -174,6 +179,7 @@ def main(argv=None) -> None:
         block_out_channels=channels,
         attention_levels=args.attention_levels,
         layers_per_block=args.layers_per_block,
+        sketch_fill=not args.no_sketch_fill,
         norm_num_groups=math.gcd(8, *channels),
     )
     unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler

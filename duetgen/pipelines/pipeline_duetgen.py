@@ -42,6 +42,7 @@ from ..generator import (
     build_scheduler,
     build_unet,
     sketch_channel,
+    spatial_condition,
 )
 from .pipeline_output import DuetGenPipelineOutput
 
@@ -449,6 +450,7 @@ class DuetGenPipeline(DiffusionPipeline):
 
         # 4. Conditioning for the UNet (unconditional half first when guiding)
         hidden_states, class_labels, sketch_in = self.prepare_conditioning(query_rep, sketch_in, do_cfg)
+        sketch_in = spatial_condition(sketch_in, self.unet.config.in_channels)  # (M, 1 or 2, S, S), once
 
         # 5. Timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -469,7 +471,7 @@ class DuetGenPipeline(DiffusionPipeline):
                 else:
                     model_in, hs, cl, sk = latents, hidden_states, class_labels, sketch_in
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in, sk], dim=1)  # (M, 3 + 1, S, S)
+                model_in = torch.cat([model_in, sk], dim=1)  # (M, 3 + 1 or 2, S, S)
                 pred = self.unet(model_in, t, encoder_hidden_states=hs, class_labels=cl).sample
                 if guide:
                     pred_uncond, pred_cond = pred.chunk(2)
@@ -605,9 +607,9 @@ def load_pipeline(
     finally:
         if bar_was_on:
             diffusers_logging.enable_progress_bar()
-    if (
-        not isinstance(pipe.unet, UNet2DConditionModel)
-        or pipe.unet.config.in_channels != IMAGE_CHANNELS + SKETCH_CHANNELS
+    if not isinstance(pipe.unet, UNet2DConditionModel) or pipe.unet.config.in_channels not in (
+        IMAGE_CHANNELS + SKETCH_CHANNELS,
+        IMAGE_CHANNELS + SKETCH_CHANNELS + 1,
     ):
         raise CheckpointError(f"'{path}' is not a DuetGenPipeline (its UNet does not take image + sketch channels)")
     pipe.set_progress_bar_config(disable=None)
