@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from duetgen.generator import spatial_condition
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -100,6 +102,7 @@ def main(argv=None) -> dict:
         images, sk = pipe.prepare_sketch(sketch, 1)
         _, query = pipe.encode_query(images, text, 1)
         hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg)
+        sk_in = spatial_condition(sk_in, pipe.unet.config.in_channels)  # outline (+ enclosed region), as the pipeline
 
     @torch.no_grad()
     def run_bare():
@@ -120,7 +123,7 @@ def main(argv=None) -> dict:
 
     @torch.no_grad()
     def unet_call(batch: int):
-        inp = torch.randn(batch, 4, size, size)
+        inp = torch.randn(batch, pipe.unet.config.in_channels, size, size)
         pipe.unet(
             inp, 500, encoder_hidden_states=hidden[:1].expand(batch, -1, -1), class_labels=labels[:1].expand(batch, -1)
         )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
 # duetgen/embedded/pipeline. The encoder (stages 1 and 2) takes about 45 minutes on 2 idle CPU cores, the generator
-# (stage 3) about 45 more. Every stage is resumable: rerun the script after a crash.
+# (stage 3) about 40 more. Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +14,8 @@ python recipes/train_world_clip.py --arch duetgen-world-cs --out "$RUN/stage1" -
 # stage 2: the duet method (the shipped default is caption-supervised; see README for the caption-free figures)
 python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --cache "$CACHE" --steps 800 \
   --groups-per-batch 32 --lr 2e-3 --eval-every 400 --caption-supervised --resume
-# stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting)
+# stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel)
 python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/generator" --cache "$CACHE" \
-  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 2400 --resume
+  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 1600 --resume
 python recipes/export_embedded.py "$RUN/generator/pipeline"
 python benchmarks/bench_world_duet.py

@@ -177,3 +177,26 @@ def test_benchmark_real_photos_mode(tmp_path, monkeypatch):
     assert result["metrics"]["colour"] >= 0.8 and result["metrics"]["iou"] >= 0.8
     assert (tmp_path / "sheet.png").stat().st_size > 0
     sys.modules.pop("bench_generation_fidelity", None)
+
+
+@shipped
+def test_shipped_generator_draws_the_requested_colour_in_the_sketched_region(evaluator):
+    """Semantic check of the embedded generator, read by the independent evaluator (never used in its training)."""
+    from duetgen.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    insts, attrs, sketches = [], [], []
+    for i in range(6):  # held-out requests (world seed 777_000+ is the fidelity benchmark's, unused in training)
+        rng = np.random.default_rng([777_000, i])
+        insts.append(world.sample_instance(rng))
+        attrs.append(world.sample_attributes(rng))
+        sketches.append(world.render_sketch(insts[-1], 64, seed=int(rng.integers(2**31))))
+    sk = torch.from_numpy(np.stack(sketches)).float().div(255)[:, None].expand(-1, 3, -1, -1)
+    images = pipe(sketch=sk, text=[world.words(a) for a in attrs], num_inference_steps=25,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
+    scores = evaluator.score(images, [{"instance": i, "attrs": a} for i, a in zip(insts, attrs, strict=True)])
+    s = summarise(scores)
+    # measured (benchmarks/bench_generation_fidelity.py, 48 x 2): colour 0.99, IoU 0.73
+    assert s["colour"] >= 5 / 6, s
+    assert s["iou"] >= 0.5, s
