@@ -18,4 +18,5 @@ python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --
 python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/generator" --cache "$CACHE" \
   --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 1600 --resume
 python recipes/export_embedded.py "$RUN/generator/pipeline"
+duetgen index samples/gallery_photos --out samples/gallery --regions --rebuild --quiet  # the manifest names the encoder
 python benchmarks/bench_world_duet.py
