@@ -25,7 +25,7 @@ def tiny_encoder():
     return ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny").eval()
 
 
-def make_tiny_pipeline(seed: int = 0, random_null: bool = True):
+def make_tiny_pipeline(seed: int = 0, random_null: bool = True, sketch_fill: bool = True):
     """A tiny real DuetGenPipeline (32 px, random weights), diffusers-test style, shared by the tests.
 
     ``random_null`` draws a non-zero null query so that guidance changes the result measurably.
@@ -44,6 +44,7 @@ def make_tiny_pipeline(seed: int = 0, random_null: bool = True):
         norm_num_groups=4,
         cross_attention_dim=16,
         attention_head_dim=8,
+        sketch_fill=sketch_fill,
     )
     if random_null:
         with torch.no_grad():

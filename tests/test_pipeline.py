@@ -332,19 +332,7 @@ def test_sketch_fill_encloses_the_drawn_region_and_feeds_the_unet():
 
 
 def test_outline_only_pipelines_still_load_and_run(tmp_path):
-    from duetgen.generator import build_unet
-
-    pipe = tiny_pipeline()
-    pipe.unet = build_unet(
-        pipe.encoder.embed_dim,
-        sample_size=32,
-        block_out_channels=(8, 16),
-        attention_levels=1,
-        norm_num_groups=4,
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        sketch_fill=False,
-    )
+    pipe = make_tiny_pipeline(sketch_fill=False)
     assert pipe.unet.config.in_channels == 4
     pipe.save_pretrained(tmp_path / "p")
     back = load_pipeline(tmp_path / "p")
