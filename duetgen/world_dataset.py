@@ -307,6 +307,17 @@ def split_shapes(holdout: str | tuple[str, ...] | None) -> tuple[tuple[str, ...]
     return train, tuple(names)
 
 
+def holdout_shapes_arg(value: str) -> tuple[str, ...]:
+    """``argparse`` type of a ``--holdout-shapes`` option ("bell,drop,kite"): the held-out shape names, checked; a bad
+    name becomes argparse's one-line usage error."""
+    import argparse
+
+    try:
+        return split_shapes(value)[1]
+    except DuetgenInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def cache_path(path: str | os.PathLike, holdout: tuple[str, ...] = ()) -> Path:
     """The cache file of a training set: ``path`` itself, or ``<stem>_without_<shapes>.npz`` for a zero-shot split, so
     the full set and each split keep their own cache."""

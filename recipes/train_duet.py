@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--groups", type=int, default=12000)
     p.add_argument("--cache", default="runs/cache/world_train_64.npz")
-    p.add_argument("--holdout-shapes", default="", help="comma-separated shapes left out (zero-shot runs)")
+    p.add_argument(
+        "--holdout-shapes", type=wd.holdout_shapes_arg, default=(), help="comma-separated shapes left out (zero-shot)"
+    )
     p.add_argument("--num-visual-prompts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
@@ -52,12 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if f.type in ("float", "int") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")
-    args = p.parse_args(argv)
-    try:
-        wd.split_shapes(args.holdout_shapes)
-    except duetgen.DuetgenInputError as err:
-        p.error(f"--holdout-shapes: {err}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> None:

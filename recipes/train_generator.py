@@ -49,10 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder", default=None, help="duet encoder folder (save_pretrained); default: the embedded one")
     p.add_argument("--out", required=True, help="run folder: state/, pipeline/, log.jsonl, args.json")
     p.add_argument(
-        "--steps", type=int, default=1000, help="optimiser steps (~1.2 s each at the defaults on 2 idle cores)"
+        "--steps", type=int, default=1600, help="optimiser steps (~1.55 s each at the defaults on 2 idle cores)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="photos per step")
-    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--batch-size", type=int, default=32, help="photos per step")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then cosine decay to 10%%")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", default="runs/cache/world_train_64.npz")
     p.add_argument("--world-seed", type=int, default=1000, help="seed of the rendered world (stage 2 uses 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction", "sample"))
+    p.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction", "sample"))
     p.add_argument(
         "--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023; 0: plain MSE)"
     )

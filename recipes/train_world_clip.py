@@ -44,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--groups", type=int, default=12000, help="twin groups rendered for training (4 photos each)")
     p.add_argument("--cache", default="runs/cache/world_train_64.npz", help="rendered training set cache")
-    p.add_argument("--holdout-shapes", default="", help="comma-separated shapes left out (zero-shot runs)")
+    p.add_argument(
+        "--holdout-shapes", type=wd.holdout_shapes_arg, default=(), help="comma-separated shapes left out (zero-shot)"
+    )
     p.add_argument(
         "--group-share",
         type=float,
@@ -56,12 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
-    args = p.parse_args(argv)
-    try:
-        wd.split_shapes(args.holdout_shapes)
-    except duetgen.DuetgenInputError as err:
-        p.error(f"--holdout-shapes: {err}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -275,7 +275,7 @@ def test_every_prediction_type_samples_with_every_scheduler(prediction_type, sch
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_rec_loss_targets_and_min_snr_weights(prediction_type):
-    from duetgen.generator import build_scheduler, rec_loss, snr_weights
+    from duetgen.generator import build_scheduler, rec_loss, snr_weights, spatial_condition
 
     pipe = tiny_pipeline()
     sched = build_scheduler(prediction_type)
@@ -288,6 +288,14 @@ def test_rec_loss_targets_and_min_snr_weights(prediction_type):
 
     with torch.no_grad():
         plain, weighted = loss(), loss(snr_gamma=5.0)
+        # the plain loss is the MSE against this prediction type's target, on the noise and steps rec_loss draws
+        gen = torch.Generator().manual_seed(3)
+        noise = torch.randn(images.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (4,), generator=gen)
+        target = {"epsilon": noise, "v_prediction": sched.get_velocity(images, noise, t), "sample": images}
+        model_in = torch.cat([sched.add_noise(images, noise, t), spatial_condition(sk, 5)], dim=1)
+        pred = pipe.unet(model_in, t, encoder_hidden_states=tokens, class_labels=labels).sample
+        assert torch.isclose(plain, torch.nn.functional.mse_loss(pred, target[prediction_type]), rtol=1e-5)
     assert torch.isfinite(plain) and torch.isfinite(weighted) and not torch.isclose(plain, weighted)
     # the weights follow Min-SNR-gamma: min(SNR, 5) over SNR (eps), SNR + 1 (v) or 1 (x0)
     t = torch.tensor([0, 500, 999])

@@ -74,7 +74,7 @@ def test_zero_shot_run_never_reads_the_full_cache(stage1):
     r = subprocess.run([sys.executable, str(REPO / "recipes" / "train_duet.py"), "--init", str(s1 / "encoder"),
                         "--out", str(tmp / "bad"), "--holdout-shapes", "bel"], capture_output=True, text=True,
                        cwd=REPO)  # fmt: skip
-    assert r.returncode == 2 and "error: --holdout-shapes: shape='bel' is not a world shape" in r.stderr
+    assert r.returncode == 2 and "error: argument --holdout-shapes: shape='bel' is not a world shape" in r.stderr
 
 
 def test_cache_is_rebuilt_for_another_shape_pool(tmp_path):

@@ -35,6 +35,7 @@ from ..checkpoints import PICKLE_SUFFIXES
 from ..composed_query_encoder import ComposedQueryEncoder
 from ..errors import CheckpointError
 from ..generator import (
+    FILL_CHANNELS,
     IMAGE_CHANNELS,
     SKETCH_CHANNELS,
     QueryConditioner,
@@ -609,7 +610,7 @@ def load_pipeline(
             diffusers_logging.enable_progress_bar()
     if not isinstance(pipe.unet, UNet2DConditionModel) or pipe.unet.config.in_channels not in (
         IMAGE_CHANNELS + SKETCH_CHANNELS,
-        IMAGE_CHANNELS + SKETCH_CHANNELS + 1,
+        IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS,
     ):
         raise CheckpointError(f"'{path}' is not a DuetGenPipeline (its UNet does not take image + sketch channels)")
     pipe.set_progress_bar_config(disable=None)
