@@ -74,6 +74,15 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
             f"cannot import duetgen.pipelines.load_pipeline ({err}); run with --real-photos to score real renders"
         ) from err
     pipe = load_pipeline(args.model)
+    if args.scheduler is not None or args.timestep_spacing is not None:
+        import diffusers
+
+        from duetgen.cli_generate import SCHEDULERS
+
+        cls = getattr(diffusers, SCHEDULERS[args.scheduler]) if args.scheduler else type(pipe.scheduler)
+        extra = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
     sketches = torch.from_numpy(np.stack([r["sketch"] for r in reqs])).float().div(255)  # (N, H, W)
     sketches = sketches[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, H, W)
     texts = [r["words"] for r in reqs]
@@ -152,6 +161,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
+    p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim", "dpm", "euler"),
+                   help="sampler (default: the pipeline's)")  # fmt: skip
+    p.add_argument("--timestep-spacing", default=None, choices=("leading", "trailing", "linspace"),
+                   help="the scheduler's timestep spacing (default: the pipeline's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--world-seed", type=int, default=BENCH_SEED, help="world seed of the requests (777_000+)")
     p.add_argument("--out", default=None, help="write the results here (JSON)")
@@ -197,6 +210,8 @@ def main(argv=None) -> dict:
         "num_inference_steps": None if args.real_photos else args.steps,
         "guidance_scale": None if args.real_photos else (args.guidance or "pipeline default"),
         "guidance_interval": None if args.real_photos else (args.guidance_interval or "pipeline default"),
+        "scheduler": None if args.real_photos else (args.scheduler or "pipeline default"),
+        "timestep_spacing": None if args.real_photos else (args.timestep_spacing or "pipeline default"),
         "world_seed": args.world_seed,
         "seed": args.seed,
         "metrics": summary,

@@ -148,16 +148,27 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
             ``"prompts"``: only LayerNorms of V and the visual prompts ("CLIP for all things"): attention in_proj,
                 class/positional embeddings and ``proj`` stay frozen.
             ``"all"``: every parameter (stage-1 pre-training of the CLIP stand-in).
+            ``"pretrain"``: every parameter except a pretrained CNN trunk (the ImageNet EfficientNet of a hybrid ViT,
+                which stays frozen with its BatchNorm statistics); the same as ``"all"`` for other backbones.
+
+        A pretrained CNN trunk is frozen in every mode but ``"all"``.
         """
+        from .backbones import pretrained_stem
+
+        if mode not in ("duet", "prompts", "all", "pretrain"):
+            raise ValueError(f"mode must be 'duet', 'prompts', 'pretrain' or 'all', got {mode!r}")
+        trunk = getattr(pretrained_stem(self.clip), "trunk", None)
+        if mode == "pretrain" and trunk is None:
+            mode = "all"
         for p in self.parameters():
             p.requires_grad_(False)
         self._stem_frozen = mode != "all"
-        if mode == "all":
-            for p in self.parameters():
+        if mode in ("all", "pretrain"):
+            frozen = set() if mode == "all" else {id(p) for p in trunk.parameters()}
+            params = [p for p in self.parameters() if id(p) not in frozen]
+            for p in params:
                 p.requires_grad_(True)
-            return list(self.parameters())
-        if mode not in ("duet", "prompts"):
-            raise ValueError(f"mode must be 'duet', 'prompts' or 'all', got {mode!r}")
+            return params
         params: list[nn.Parameter] = []
         for module in self.clip.visual.modules():
             if isinstance(module, nn.LayerNorm):
@@ -171,7 +182,7 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         return params
 
     def train(self, mode: bool = True):
-        """Like ``nn.Module.train``, but a frozen conv stem's BatchNorms keep their running statistics (eval mode)."""
+        """Like ``nn.Module.train``, but a frozen stem's BatchNorms keep their running statistics (eval mode)."""
         super().train(mode)
         if mode and getattr(self, "_stem_frozen", False):
             for m in self.clip.visual.conv1.modules():
@@ -402,9 +413,14 @@ def encoder_from_backbone(
         allow_download: permit downloading weights that are not cached.
         **kwargs: further ComposedQueryEncoder arguments (``num_visual_prompts``...).
     """
-    from .backbones import load_clip
+    from .backbones import load_clip, preprocess_config
 
     clip, cfg = load_clip(name, pretrained=pretrained, allow_download=allow_download)
+    pre = preprocess_config(cfg)  # the backbone's own image normalisation (CLIP's when the config names none)
+    if "mean" in pre:
+        kwargs.setdefault("image_mean", pre["mean"])
+    if "std" in pre:
+        kwargs.setdefault("image_std", pre["std"])
     encoder = ComposedQueryEncoder(clip_config=cfg, backbone=name, **kwargs)
     encoder.clip.load_state_dict(clip.state_dict())
     encoder.init_prompt_from_text()

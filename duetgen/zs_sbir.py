@@ -33,6 +33,17 @@ Fine-grained (``task="fine-grained"``)::
   ``max(0, shuffle_margin + d(S_pi, P_pi) - d(S_pi, P_pi'))``. This forces V to keep the part-level
   correspondence between a sketch and its photo.
 
+Stand-in pre-training (``recipes/train_sbir.py --task pretrain``, :func:`pretrain_losses`): a backbone whose
+transformers start from random weights (the hybrid ViT on an ImageNet CNN, ``efficientnet-lite0-hybrid``) has no
+CLIP pre-training to tune prompts on, so it first learns, on the seen classes only, what CLIP's pre-training would
+have given it: everything but the pretrained CNN trunk trains (``set_trainable("pretrain")``), text tower included::
+
+    L_pre = w_cls * CE(s * V(x) . T_t("a photo of a {c}")^T, c)   over sketches and photos, T_t with gradient
+          + w_pair * InfoNCE(s * V(S) . V(P)^T)                     each sketch against the batch's photos, both ways
+
+with ``s`` CLIP's trainable logit scale: CLIP's contrastive loss over the class captions, and the sketch-photo
+pairing that real CLIP would have seen as line drawings of photographed things.
+
 Evaluation (:func:`evaluate_sbir`): category-level = sketch queries against every photo of the evaluated classes
 (mAP@all, mAP@200, P@100, P@200); fine-grained = each sketch against the photos of its own class, the target being
 its paired photo (Acc@1, Acc@5, Acc@10). A sketch-only dataset is evaluated sketch-to-sketch: within each class the
@@ -229,6 +240,51 @@ def shuffle_patches(images: torch.Tensor, perms: torch.Tensor, grid: int = 2) ->
     tiles = images.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)
     tiles = tiles[torch.arange(b, device=images.device)[:, None], perms.to(images.device)]  # (B, T, C, th, tw)
     return tiles.reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def pretrain_losses(
+    encoder,
+    sketches: torch.Tensor,
+    labels: torch.Tensor,
+    class_prompts: Sequence[str],
+    *,
+    photos: torch.Tensor | None = None,
+    w_cls: float = 1.0,
+    w_pair: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """L_pre of the stand-in pre-training (module docstring): class-caption contrastive + sketch-photo pairing.
+
+    Args:
+        encoder: a :class:`~duetgen.ComposedQueryEncoder` (usually after ``set_trainable("pretrain")``).
+        sketches: (B, 3, H, W) in [0, 1]; labels: (B,) index into ``class_prompts``.
+        class_prompts: the C captions ``"a photo of a {c}"`` of the training classes (:func:`class_prompts`),
+            encoded with gradient.
+        photos: (B, 3, H, W) the photo of each sketch (all different photos), or ``None`` for sketch-only data (the
+            pairing term is then skipped).
+
+    Returns:
+        dict of the active terms and ``"loss"``.
+    """
+    labels = labels.to(sketches.device)
+    scale = encoder.clip.logit_scale.exp().clamp(max=100.0)
+    text = encoder.encode_text(list(class_prompts))  # (C, D), with gradient
+    sk = encoder.encode_image(sketches)  # (B, D)
+    out: dict[str, torch.Tensor] = {}
+    ph = encoder.encode_image(photos) if photos is not None else None  # (B, D)
+    if w_cls:
+        cls = F.cross_entropy(scale * sk @ text.T, labels)
+        if ph is not None:
+            cls = 0.5 * (cls + F.cross_entropy(scale * ph @ text.T, labels))
+        out["cls"] = cls
+    if w_pair and ph is not None:
+        logits = scale * sk @ ph.T  # (B, B), sketch i drawn from photo i
+        target = torch.arange(sk.shape[0], device=sk.device)
+        out["pair"] = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    if not out:
+        raise DuetgenInputError("pretrain_losses: every term is off (w_cls = 0 and no photos for the pairing term)")
+    weights = {"cls": w_cls, "pair": w_pair}
+    out["loss"] = sum(weights[k] * v for k, v in out.items())
+    return out
 
 
 def patch_shuffle_loss(
@@ -734,6 +790,7 @@ __all__ = [
     "has_photos",
     "metrics_from_embeddings",
     "patch_shuffle_loss",
+    "pretrain_losses",
     "random_permutation_pairs",
     "sbir_losses",
     "shuffle_patches",

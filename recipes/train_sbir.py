@@ -2,6 +2,10 @@
 """Zero-shot SBIR training on real sketch data: "CLIP for all things" (category / fine-grained) or the duet method.
 
 Tasks:
+  pretrain      the CLIP stand-in for a backbone whose transformers start random (efficientnet-lite0-hybrid: an
+                ImageNet CNN under a small ViT): everything but the pretrained CNN trains, text tower included, on
+                the seen classes: CLIP's contrastive loss over "a photo of a {c}" captions + sketch-photo pairing
+                (duetgen.zs_sbir.pretrain_losses, --w-cls / --w-pair). The other tasks then start from OUT/final.
   category      triplet (negative from another class) + 0.5 * classification against frozen "a photo of a {c}"
                 text features; only LayerNorms of V and the visual prompts train (set_trainable("prompts")).
   fine-grained  hard triplet (negative from the same class) + 0.5 * classification + 0.1 * f-divergence
@@ -40,15 +44,18 @@ from duetgen.zs_sbir import (
     ImageTransforms,
     SBIRLossConfig,
     SBIRPairs,
+    class_prompts,
     class_text_features,
     collate_pairs,
     evaluate_sbir,
     open_sbir_dataset,
+    pretrain_losses,
     sbir_losses,
 )
 
-TASKS = ("category", "fine-grained", "duet")
-BEST_METRIC = {"category": "mAP@all", "fine-grained": "Acc@1", "duet": "Acc@1"}
+TASKS = ("pretrain", "category", "fine-grained", "duet")
+BEST_METRIC = {"pretrain": "mAP@all", "category": "mAP@all", "fine-grained": "Acc@1", "duet": "Acc@1"}
+TRAINABLE = {"pretrain": "pretrain", "category": "prompts", "fine-grained": "prompts", "duet": "duet"}
 _DUET_PREFIX = "duet_"
 
 
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                        help=f"default: the task's ({f.default} for category)")  # fmt: skip
+    p.add_argument("--w-pair", type=float, default=1.0, help="pretrain: weight of the sketch-photo pairing term")
     # duet losses (task duet)
     for f in dataclasses.fields(DuetLossConfig):
         if isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
@@ -114,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} is required (on the command line or in --config)")
     if args.steps < 1 or args.classes_per_batch < 1 or args.per_class < 1:
         parser.error("--steps, --classes-per-batch and --per-class must be >= 1")
-    if args.task != "category" and args.per_class < 2:
+    if args.task in ("fine-grained", "duet") and args.per_class < 2:
         parser.error(f"--task {args.task} needs --per-class >= 2 (negatives come from the same class)")
     return args
 
@@ -158,13 +166,13 @@ def main(argv=None) -> dict:
     train_set = open_sbir_dataset(args.dataset, args.root, split, "train")
     test_set = open_sbir_dataset(args.dataset, args.root, split, "test")
     paired = hasattr(train_set, "sketch_photo")
-    if args.task != "category" and not paired:
+    if args.task in ("fine-grained", "duet") and not paired:
         raise SystemExit(f"train_sbir: --task {args.task} needs sketch/photo pairs; {args.dataset} has no photos")
 
     # 2. model, trainable parameters, frozen class text features
     encoder = init_encoder(args.model, args.num_visual_prompts)
     sbir_cfg = SBIRLossConfig.for_task(
-        args.task if args.task != "duet" else "fine-grained",
+        {"duet": "fine-grained", "pretrain": "category"}.get(args.task, args.task),
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(SBIRLossConfig) if f.name != "task"},
     )
     duet_cfg = DuetLossConfig(
@@ -172,7 +180,8 @@ def main(argv=None) -> dict:
            if hasattr(args, _DUET_PREFIX + f.name)}
     )  # fmt: skip
     text_features = class_text_features(encoder, train_set.classes)  # (C, D), no gradient
-    params = encoder.set_trainable("duet" if args.task == "duet" else "prompts")
+    prompts = class_prompts(train_set.classes)  # pretrain: encoded with gradient every step
+    params = encoder.set_trainable(TRAINABLE[args.task])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -231,7 +240,10 @@ def main(argv=None) -> dict:
         sketches, labels = sketches.to(acc.device), labels.to(acc.device)
         photos = photos.to(acc.device) if photos is not None else None
         gen = torch.Generator().manual_seed(args.seed * 100_003 + step)
-        if args.task == "duet":
+        if args.task == "pretrain":
+            w_cls = 1.0 if args.w_cls is None else args.w_cls
+            losses = pretrain_losses(model, sketches, labels, prompts, photos=photos, w_cls=w_cls, w_pair=args.w_pair)
+        elif args.task == "duet":
             photo_instance = torch.arange(sketches.shape[0], device=acc.device)  # each photo its own instance
             losses = duet_losses(model, sketches, photos, photo_instance, None, duet_cfg, generator=gen)
         else:

@@ -57,25 +57,30 @@ def _weights(folder):
     return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("task", ["category", "fine-grained", "duet"])
+@pytest.mark.parametrize("task", ["pretrain", "category", "fine-grained", "duet"])
 def test_two_step_run(recipe, setup, tmp_path, task):
     out = tmp_path / task
     summary = recipe.main(_argv(setup, out, task, 2, "--eval-every", "2"))
     assert summary["ran"] == 2 and _log_steps(out) == [0, 1]
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    expected_terms = {"category": {"triplet", "cls"}, "fine-grained": {"triplet", "cls", "fdiv", "shuffle"},
+    expected_terms = {"pretrain": {"cls", "pair"},
+                      "category": {"triplet", "cls"}, "fine-grained": {"triplet", "cls", "fdiv", "shuffle"},
                       "duet": {"trip", "comp", "reg", "tt", "rt"}}[task]  # fmt: skip
     assert expected_terms <= set(logs[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
     ev = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in ev] == [2] and 0 <= ev[0]["mAP@all"] <= 1 and 0 <= ev[0]["Acc@1"] <= 1
     best = json.loads((out / "best.json").read_text())
-    assert best["step"] == 2 and best["metric"] == ("mAP@all" if task == "category" else "Acc@1")
+    assert best["step"] == 2 and best["metric"] == ("mAP@all" if task in ("pretrain", "category") else "Acc@1")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["task"] == task and cfg["steps"] == 2 and cfg["split"].endswith("split.json")
     # the best and final encoders load; only the task's parameters moved
     assert duetgen.load_encoder(out / "best").config.backbone == "duetgen-tiny"
     init, final = _weights(setup[1]), _weights(out / "final")
     changed = {k for k in init if not torch.equal(init[k], final[k])}
+    if task == "pretrain":  # the stand-in: towers, projections and the text side all train (no pretrained trunk)
+        for part in ("clip.transformer.", "clip.visual.transformer.", "clip.token_embedding", "clip.logit_scale"):
+            assert any(k.startswith(part) for k in changed), part
+        return
     assert "visual_prompts" in changed and any("visual" in k and "ln_" in k for k in changed)
     if task == "duet":
         assert {"prompt_tokens"} <= changed and any(k.startswith("mapper") for k in changed)
@@ -123,4 +128,4 @@ def test_shipped_configs_parse(recipe):
     assert files
     for f in files:
         args = recipe.parse_args(["--config", str(f), "--out", "o"])
-        assert args.task in ("category", "fine-grained", "duet") and args.root
+        assert args.task in ("pretrain", "category", "fine-grained", "duet") and args.root
