@@ -402,11 +402,13 @@ with tab_transfer:
                 preview = core.read_photo(raw, raw_name)
                 as_photo = read_as == "Photo" or core.looks_like_photo(preview)
             if as_photo:
-                query = core.photo_query(models.encoder, preview, new_words)
+                query, states = core.photo_query(models.encoder, preview, new_words, return_states=True)
                 src_sketch = None
             else:
                 src_sketch = core.read_sketch_source(raw, models, raw_name)
-                query = core.compose_query(models.encoder, src_sketch, new_words, core.QUERY_MODES[0])
+                query, states = core.compose_query(
+                    models.encoder, src_sketch, new_words, core.QUERY_MODES[0], return_states=True
+                )
                 from torchvision.transforms.functional import to_pil_image
 
                 preview = to_pil_image(src_sketch)
@@ -420,8 +422,8 @@ with tab_transfer:
             if models.pipe is not None:
                 bar = st.progress(0.0, text="Generating…")
                 images = core.generate(
-                    models, sketch=src_sketch, query_embeds=query, steps=steps, guidance=guidance, seed=seed,
-                    scheduler=scheduler, n_images=2,
+                    models, sketch=src_sketch, query_embeds=query, query_token_embeds=states, steps=steps,
+                    guidance=guidance, seed=seed, scheduler=scheduler, n_images=2,
                     on_step=lambda i, n: bar.progress(i / n, text=f"Denoising step {i} / {n}"),
                 )  # fmt: skip
                 bar.empty()

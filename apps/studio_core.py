@@ -248,6 +248,7 @@ def load_models(model: str | os.PathLike | None) -> Models:
             )
     pipe.set_progress_bar_config(disable=True)
     pipe.encoder.eval()
+    pipe.enable_unet_jit()  # a long-lived process: each batch shape is traced once, every later step is faster
     return Models(pipe.encoder, pipe, source, default_scheduler=dict(pipe.scheduler.config))
 
 
@@ -391,7 +392,9 @@ def looks_like_photo(image: Image.Image) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def compose_query(encoder, sketch: torch.Tensor | None, words: str | None, mode: str = QUERY_MODES[0]) -> torch.Tensor:
+def compose_query(
+    encoder, sketch: torch.Tensor | None, words: str | None, mode: str = QUERY_MODES[0], return_states: bool = False
+):
     """The composed query (1, D) for a sketch (3, S, S), words, or both, as ``mode`` (one of QUERY_MODES) says.
 
     Raises:
@@ -409,16 +412,19 @@ def compose_query(encoder, sketch: torch.Tensor | None, words: str | None, mode:
     elif sketch is None and words is None:
         raise DuetgenInputError("give a sketch, words or both")
     with torch.inference_mode():
-        return encoder.encode_query(sketch[None] if sketch is not None else None, [words] if words else None)
+        return encoder.encode_query(
+            sketch[None] if sketch is not None else None, [words] if words else None, return_states=return_states
+        )
 
 
-def photo_query(encoder, photo: Image.Image, words: str | None) -> torch.Tensor:
+def photo_query(encoder, photo: Image.Image, words: str | None, return_states: bool = False):
     """Attribute transfer from a photo: its image embedding takes the sketch's place as the pseudo-word, then the new
-    words compose with it (1, D)."""
+    words compose with it (1, D); with ``return_states`` also its token states (1, L, Wt) for the generator."""
     words = (words or "").strip() or None
     with torch.inference_mode():
         embeds = encoder.encode_image(photo_tensor(photo, encoder.image_size)[None])  # (1, D)
-        return encoder.encode_query(sketch_embeds=embeds, words=[words] if words else None)
+        words_list = [words] if words else None
+        return encoder.encode_query(sketch_embeds=embeds, words=words_list, return_states=return_states)
 
 
 def search(gallery: Gallery, query: torch.Tensor, k: int, regions: bool = False) -> list[SearchResult]:
@@ -493,6 +499,7 @@ def generate(
     sketch: torch.Tensor | None = None,
     words: str | None = None,
     query_embeds: torch.Tensor | None = None,
+    query_token_embeds: torch.Tensor | None = None,
     steps: int = 25,
     guidance: float = 2.0,
     seed: int = 0,
@@ -529,6 +536,7 @@ def generate(
             sketch=sketch,
             text=None if query_embeds is not None else words,
             query_embeds=query_embeds,
+            query_token_embeds=query_token_embeds if query_embeds is not None else None,
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
             generator=torch.Generator().manual_seed(int(seed)),

@@ -7,6 +7,11 @@
 * overhead: the pipeline against a bare loop of the same UNet + scheduler on the same, precomputed inputs (same
   conditioning, guidance and noise): ``(pipeline - bare) / bare``; the target is <= 10 %.
 
+Each is measured twice: with the eager UNet and with the frozen TorchScript trace
+(``DuetGenPipeline.enable_unet_jit``; the bare loop then calls the same traces), and the first traced image of the
+process (tracing included) is timed too. Variants measured against each other run interleaved (a, b, a, b...), so
+that the shared machine's slow phases hit both.
+
     python benchmarks/bench_generation_speed.py                       # the embedded generator, 2 threads
     python benchmarks/bench_generation_speed.py --model runs/generator/pipeline --out speed.json
     python benchmarks/bench_generation_speed.py --random              # the default architecture, random weights
@@ -24,6 +29,7 @@ import time
 import torch
 
 from duetgen.generator import spatial_condition
+from duetgen.pipelines.pipeline_duetgen import _trace_unet
 
 
 def parse_args(argv=None):
@@ -56,6 +62,19 @@ def build(args):
     return load_pipeline(args.model), args.model or "embedded"
 
 
+def paired(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, run in turn (a, b, c, a, b, c...) after one warm-up round each."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -84,7 +103,11 @@ def main(argv=None) -> dict:
     sketch[:, size // 4, size // 4 : 3 * size // 4] = 0
     text = "red with stripes in pixel art"
 
-    def run_pipe(n: int = 1, interval=interval):
+    pipe_traces: dict = {}
+
+    def run_pipe(n: int = 1, interval=interval, jit: bool = False):
+        # switch between eager and traced without dropping the traces (enable_unet_jit(False) would)
+        pipe._unet_traces = pipe_traces if jit else None
         pipe(
             sketch=sketch,
             text=text,
@@ -100,12 +123,30 @@ def main(argv=None) -> dict:
     do_cfg = guidance != 1.0
     with torch.no_grad():
         images, sk = pipe.prepare_sketch(sketch, 1)
-        _, query = pipe.encode_query(images, text, 1)
-        hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg)
+        if pipe.conditioner.uses_states:
+            _, query, states = pipe.encode_query(images, text, 1, return_states=True)
+        else:
+            (_, query), states = pipe.encode_query(images, text, 1), None
+        hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg, states)
         sk_in = spatial_condition(sk_in, pipe.unet.config.in_channels)  # outline (+ enclosed region), as the pipeline
 
+    traces = {}
+
+    def unet_fn(jit: bool):
+        def eager(x, t, h, lab):
+            return pipe.unet(x, t, encoder_hidden_states=h, class_labels=lab).sample
+
+        def traced(x, t, h, lab):
+            key = (x.shape[0], t.dtype)
+            if key not in traces:
+                traces[key] = _trace_unet(pipe.unet, (x, t, h, lab))
+            return traces[key](x, t, h, lab)
+
+        return traced if jit else eager
+
     @torch.no_grad()
-    def run_bare():
+    def run_bare(jit: bool = False):
+        unet = unet_fn(jit)
         scheduler = pipe.scheduler
         scheduler.set_timesteps(args.steps)
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
@@ -115,18 +156,16 @@ def main(argv=None) -> dict:
             h, lab, s_in = (hidden, labels, sk_in) if guide or not do_cfg else (hidden[1:], labels[1:], sk_in[1:])
             inp = torch.cat([x] * 2) if guide else x
             inp = torch.cat([scheduler.scale_model_input(inp, t), s_in], dim=1)
-            pred = pipe.unet(inp, t, encoder_hidden_states=h, class_labels=lab).sample
+            pred = unet(inp, t, h, lab)
             if guide:
                 u, c = pred.chunk(2)
                 pred = u + guidance * (c - u)
             x = scheduler.step(pred, t, x, return_dict=False)[0]
 
     @torch.no_grad()
-    def unet_call(batch: int):
+    def unet_call(batch: int, jit: bool = False):
         inp = torch.randn(batch, pipe.unet.config.in_channels, size, size)
-        pipe.unet(
-            inp, 500, encoder_hidden_states=hidden[:1].expand(batch, -1, -1), class_labels=labels[:1].expand(batch, -1)
-        )
+        unet_fn(jit)(inp, torch.tensor(500), hidden[:1].expand(batch, -1, -1), labels[:1].expand(batch, -1))
 
     results = {
         "source": source,
@@ -137,15 +176,35 @@ def main(argv=None) -> dict:
         "guidance_interval": list(interval),
         "image_size": size,
         "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
-        "unet_call_ms_batch1": 1000 * median_time(lambda: unet_call(1), args.repeats * 4),
-        "unet_call_ms_batch2": 1000 * median_time(lambda: unet_call(2), args.repeats * 4),
+        "cross_attention_tokens": int(hidden.shape[1]),
     }
-    results["s_per_image"] = median_time(run_pipe, args.repeats)
-    results["s_per_image_guided_every_step"] = median_time(lambda: run_pipe(interval=(0.0, 1.0)), args.repeats)
-    results["bare_loop_s_per_image"] = median_time(run_bare, args.repeats)
-    results["pipeline_overhead"] = results["s_per_image"] / results["bare_loop_s_per_image"] - 1
+    # UNet calls, eager and traced, interleaved so that machine noise hits both alike
+    calls = paired({f"{mode}_b{b}": (lambda b=b, jit=mode == "jit": unet_call(b, jit))
+                    for b in (1, 2) for mode in ("eager", "jit")}, args.repeats * 4)  # fmt: skip
+    for key, value in calls.items():
+        results[f"unet_call_ms_{key}"] = 1000 * value
+    # first jit image in a fresh state: tracing included (what a one-off `duetgen generate --jit` pays)
+    t0 = time.perf_counter()
+    run_pipe(jit=True)
+    results["first_image_s_jit"] = time.perf_counter() - t0
+    # one image: pipeline and bare loop, eager and traced, interleaved
+    timed = paired({"pipe_eager": lambda: run_pipe(jit=False), "bare_eager": lambda: run_bare(False),
+                    "pipe_jit": lambda: run_pipe(jit=True), "bare_jit": lambda: run_bare(True)},
+                   args.repeats)  # fmt: skip
+    results["s_per_image"] = timed["pipe_eager"]
+    results["s_per_image_jit"] = timed["pipe_jit"]
+    results["bare_loop_s_per_image"] = timed["bare_eager"]
+    results["bare_loop_s_per_image_jit"] = timed["bare_jit"]
+    results["pipeline_overhead"] = timed["pipe_eager"] / timed["bare_eager"] - 1
+    results["pipeline_overhead_jit"] = timed["pipe_jit"] / timed["bare_jit"] - 1
+    results["jit_speedup"] = timed["pipe_eager"] / timed["pipe_jit"]
+    results["s_per_image_guided_every_step"] = median_time(
+        lambda: run_pipe(interval=(0.0, 1.0), jit=False), args.repeats
+    )
     for b in (int(x) for x in args.batches.split(",") if x):
-        results[f"images_per_s_batch{b}"] = b / median_time(lambda b=b: run_pipe(b), max(1, args.repeats // 2))
+        for mode in ("eager", "jit"):
+            t = median_time(lambda b=b, mode=mode: run_pipe(b, jit=mode == "jit"), max(1, args.repeats // 2))
+            results[f"images_per_s_batch{b}_{mode}"] = b / t
 
     print(f"generation speed: {source}, {size} px, {args.steps} steps, guidance {guidance} on {interval}, "
           f"{args.threads} threads")  # fmt: skip
@@ -153,7 +212,10 @@ def main(argv=None) -> dict:
     for k, v in results.items():
         if isinstance(v, float):
             print(f"{k:32s} {v:.4f}")
-    print(f"pipeline overhead {100 * results['pipeline_overhead']:.1f}% (target <= 10%)")
+    print(f"pipeline overhead {100 * results['pipeline_overhead']:.1f}% eager, "
+          f"{100 * results['pipeline_overhead_jit']:.1f}% jit (target <= 10%); "
+          f"{results['s_per_image']:.3f} s/image eager, {results['s_per_image_jit']:.3f} s/image jit "
+          f"(target <= 0.75)")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

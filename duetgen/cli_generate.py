@@ -40,6 +40,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: the embedded model")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--jit",
+        action="store_true",
+        help="CPU: run the UNet as a frozen TorchScript trace (a quarter less time per step after ~1 s of tracing "
+        "per batch shape; pays off from about 8 images)",
+    )
 
 
 @command("generate", "generate images from a sketch, words, or both")(_generate_args)
@@ -79,6 +85,8 @@ def _generate(args: argparse.Namespace) -> int:
 
         cls = getattr(diffusers, SCHEDULERS[args.scheduler])
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    if args.jit:
+        pipe.enable_unet_jit()
     kwargs = {}
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance

@@ -314,16 +314,24 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         emb = torch.cat([emb[:, :1], prefix.to(emb.dtype), emb[:, 1 + n_prefix :]], dim=1)
         return emb, eos
 
-    def encode_token_embeddings(self, embeds: torch.Tensor, eos_index: torch.Tensor, normalize: bool = True):
-        """T_t on a spliced sequence: (B, L, Wt) + end-of-text index (B,) -> (B, D)."""
+    def encode_token_embeddings(
+        self, embeds: torch.Tensor, eos_index: torch.Tensor, normalize: bool = True, return_states: bool = False
+    ):
+        """T_t on a spliced sequence: (B, L, Wt) + end-of-text index (B,) -> (B, D).
+
+        With ``return_states`` also the per-token output of the text transformer (after ``ln_final``, before the
+        end-of-text pooling): ``(query (B, D), states (B, L, Wt))``, the composed query token by token, as Stable
+        Diffusion conditions on CLIP's last hidden state.
+        """
         clip = self.clip
         x = embeds + clip.positional_embedding.to(embeds.dtype)
         x = clip.transformer(x, attn_mask=clip.attn_mask)
-        x = clip.ln_final(x)  # (B, L, Wt)
-        x = x[torch.arange(x.shape[0], device=x.device), eos_index]  # (B, Wt)
+        states = clip.ln_final(x)  # (B, L, Wt)
+        x = states[torch.arange(states.shape[0], device=states.device), eos_index]  # (B, Wt)
         if clip.text_projection is not None:
             x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-        return F.normalize(x, dim=-1) if normalize else x
+        x = F.normalize(x, dim=-1) if normalize else x
+        return (x, states) if return_states else x
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """Plain CLIP text embedding of full sentences (the words-only baseline, class-name classifiers)."""
@@ -354,7 +362,8 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         extra_tokens: torch.Tensor | None = None,
         prompt: str = "learned",
         normalize: bool = True,
-    ) -> torch.Tensor:
+        return_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The composed query ``T_t([SOS] P s_w [extra] T_w(words) [EOS])``.
 
         Args:
@@ -364,9 +373,11 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
             extra_tokens: (B, m, Wt) tokens placed after s_w (the delta token of L_comp).
             prompt: ``"learned"`` (P_L) or ``"handcrafted"`` (P_F, for L_TT).
             normalize: L2-normalise the output.
+            return_states: also return the text transformer's per-token states (B, L, Wt) of the same sequence
+                (the generator's cross-attention condition).
 
         Returns:
-            (B, D) query embeddings.
+            (B, D) query embeddings, or ``(query, states)`` with ``return_states``.
         """
         if sketch_embeds is None and sketches is not None:
             sketch_embeds = self.encode_sketch(sketches)
@@ -385,7 +396,7 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
             parts.append(extra_tokens)
         prefix = torch.cat([p.to(self.dtype) for p in parts], dim=1)  # (B, n, Wt)
         emb, eos = self.compose_embeddings(prefix, words)
-        return self.encode_token_embeddings(emb, eos, normalize)
+        return self.encode_token_embeddings(emb, eos, normalize, return_states=return_states)
 
     def encode_query_delta(self, sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor) -> torch.Tensor:
         """q_delta = T_t([SOS] P_L s_w C_v2w(V(P) - V(S)) [EOS]) for L_comp."""

@@ -204,25 +204,29 @@ def prepare_input(kind: str, source, pipe, route: str) -> dict:
 
 
 @torch.no_grad()
-def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str) -> torch.Tensor:
-    """(B, D) composed queries, one per (input, phrase) pair in the same order as ``inputs``/``phrases``."""
+def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composed queries (B, D) and their token states (B, L, Wt), one per (input, phrase) pair in the same order as
+    ``inputs``/``phrases``: the queries search the gallery, both condition the generator."""
     embeds = []
     for item in inputs:
         if item["kind"] == "photo" and route == "embed":
             embeds.append(encoder.encode_image(item["photo"][None]))  # V(photo) (1, D)
         else:
             embeds.append(encoder.encode_sketch(item["sketch"][None]))  # V(outline or sketch) (1, D)
-    return encoder.encode_query(sketch_embeds=torch.cat(embeds), words=list(phrases))
+    return encoder.encode_query(sketch_embeds=torch.cat(embeds), words=list(phrases), return_states=True)
 
 
-def generate(pipe, sketches: torch.Tensor, queries: torch.Tensor, seeds: list[int], args) -> np.ndarray:
+def generate(
+    pipe, sketches: torch.Tensor, queries: torch.Tensor, states: torch.Tensor, seeds: list[int], args
+) -> np.ndarray:
     """(B, S, S, 3) float images; row i from ``seeds[i]`` whatever the batching."""
     out = []
     for s in range(0, len(queries), args.batch):
         sl = slice(s, s + args.batch)
         gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds[sl]]
-        res = pipe(sketch=sketches[sl], query_embeds=queries[sl], num_inference_steps=args.steps,
-                   guidance_scale=args.guidance, generator=gens, output_type="np")  # fmt: skip
+        res = pipe(sketch=sketches[sl], query_embeds=queries[sl], query_token_embeds=states[sl],
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
+                   output_type="np")  # fmt: skip
         out.append(np.asarray(res.images, dtype=np.float32))
     return np.concatenate(out)
 
@@ -328,6 +332,7 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    pipe.enable_unet_jit()
     encoder = pipe.encoder
     sketches, photos = args.sketches, args.photos
     if not sketches and not photos:
@@ -347,11 +352,11 @@ def run(args) -> dict:
     else:
         gallery = world_gallery(encoder, args, args.model or "embedded")
     pairs = [(item, phrase) for item in inputs for phrase in args.phrases]
-    queries = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route)
+    queries, states = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route)
     hits = gallery.search(queries, k=min(args.k, len(gallery)))
     seeds = [args.seed + i for i in range(len(pairs))]
     sketch_in = torch.stack([p[0]["sketch"] for p in pairs])
-    images = generate(pipe, sketch_in, queries, seeds, args)
+    images = generate(pipe, sketch_in, queries, states, seeds, args)
     (out / "generated").mkdir(exist_ok=True)
     records, rows = [], []
     for i, ((item, phrase), res, image) in enumerate(zip(pairs, hits, images, strict=True)):
@@ -465,6 +470,7 @@ def evaluate(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    pipe.enable_unet_jit()
     encoder = pipe.encoder
     evaluator = load_evaluator(args.evaluator)
     sources = eval_sources(args.n)
@@ -476,7 +482,7 @@ def evaluate(args) -> dict:
     inputs = [prepare_input(args.eval_input, Image.fromarray(s["photo"]) if args.eval_input == "photo"
                             else Image.fromarray(s["sketch"]), pipe, args.photo_route) for s in sources]  # fmt: skip
     phrases = [s["phrase"] for s in sources]
-    queries = compose_queries(encoder, inputs, phrases, args.photo_route)
+    queries, states = compose_queries(encoder, inputs, phrases, args.photo_route)
     hits = gallery.search(queries, k=min(max(args.k, 5), len(gallery)))
     top = [Image.open(h[0].path).convert("RGB") for h in hits]
     rank_of_target = []
@@ -485,7 +491,7 @@ def evaluate(args) -> dict:
         want = f"{s['index']:05d}_target.png"
         rank_of_target.append(names.index(want) + 1 if want in names else math.inf)
     seeds = [args.seed + i for i in range(len(sources))]
-    images = generate(pipe, torch.stack([x["sketch"] for x in inputs]), queries, seeds, args)
+    images = generate(pipe, torch.stack([x["sketch"] for x in inputs]), queries, states, seeds, args)
 
     scores = {"retrieval": score_outputs(evaluator, top, sources),
               "generation": score_outputs(evaluator, images, sources)}  # fmt: skip

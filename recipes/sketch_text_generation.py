@@ -243,6 +243,7 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.model) if todo else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
+        pipe.enable_unet_jit()  # many rows: tracing each batch shape once pays for itself
         load_size = max(pipe.sample_size, pipe.encoder.image_size)
         fit = pipe.encoder.config.sketch_fit
     bar = tqdm(total=len(todo), desc="generating", unit="row")

@@ -2,7 +2,8 @@
 """Stage 3: the generator G (UNet + query conditioner) on world twin groups, with L_rec and the duet encoder frozen.
 
 L_rec is the DDPM denoising loss of a pixel-space UNet conditioned on the composed query (cross-attention tokens from
-the QueryConditioner, plus the query in the timestep embedding) and on the sketch (a fourth input channel). Each
+the QueryConditioner, plus the query in the timestep embedding; ``--query-states``, the default: the cross-attention
+also sees the query's per-token states) and on the sketch (a fourth input channel). Each
 training photo [g, i, j] is paired with its instance's sketch and its attribute words ``groups.words(g, j)``; per row:
 
 * composed query ``q(sketch, words)`` (the default);
@@ -78,6 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cross-attention-dim", type=int, default=128)
     p.add_argument("--num-query-tokens", type=int, default=4)
     p.add_argument(
+        "--query-states",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cross-attention also sees the composed query token by token (the text transformer's states)",
+    )
+    p.add_argument("--p-drop-states", type=float, default=0.1, help="rows whose token states become the null states")
+    p.add_argument(
         "--p-sketch-query", type=float, default=0.2, help="rows conditioned on the caption-free sketch query"
     )
     p.add_argument("--p-text-only", type=float, default=0.1, help="rows with a words-only query and a blank sketch")
@@ -138,16 +146,20 @@ def sample_batch(groups: wd.WorldGroups, args, step: int):
     return photos, sketches, words, torch.from_numpy(text_only)
 
 
-def encode_queries(encoder, sketches: torch.Tensor, words: list[str], text_only: torch.Tensor) -> torch.Tensor:
-    """Composed / sketch-only / words-only queries per row: (B, D)."""
+def encode_queries(
+    encoder, sketches: torch.Tensor, words: list[str], text_only: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composed / sketch-only / words-only queries per row: (B, D), and their token states (B, L, Wt)."""
     query = torch.empty(len(words), encoder.embed_dim, device=sketches.device)
+    width = encoder.clip.token_embedding.embedding_dim
+    states = torch.empty(len(words), encoder.context_length, width, device=sketches.device)
     with_sketch = (~text_only).nonzero().flatten().tolist()
     only_words = text_only.nonzero().flatten().tolist()
-    if with_sketch:
-        query[with_sketch] = encoder.encode_query(sketches[with_sketch], [words[k] for k in with_sketch]).float()
-    if only_words:
-        query[only_words] = encoder.encode_query(None, [words[k] for k in only_words]).float()
-    return query
+    for rows, images in ((with_sketch, sketches[with_sketch]), (only_words, None)):
+        if rows:
+            q, h = encoder.encode_query(images, [words[k] for k in rows], return_states=True)
+            query[rows], states[rows] = q.float(), h.float()
+    return query, states
 
 
 def main(argv=None) -> None:
@@ -181,6 +193,7 @@ def main(argv=None) -> None:
         layers_per_block=args.layers_per_block,
         sketch_fill=not args.no_sketch_fill,
         norm_num_groups=math.gcd(8, *channels),
+        query_states=args.query_states,
     )
     unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler
     acc.print(f"generator: {count_parameters(unet, conditioner) / 1e6:.2f} M parameters; {len(groups)} world groups")
@@ -220,14 +233,17 @@ def main(argv=None) -> None:
         photos, sketches = photos.to(acc.device), sketches.to(acc.device)
         size = photos.shape[-1]
         with torch.set_grad_enabled(args.encoder_grad):
-            query = encode_queries(encoder, sketches, words, text_only.to(acc.device))  # (B, D)
+            query, states = encode_queries(encoder, sketches, words, text_only.to(acc.device))  # (B, D), (B, L, Wt)
         drop_q, drop_s = drop_conditions(
             len(words), args.p_drop_query, args.p_drop_sketch, args.p_drop_both, generator=gen, device=acc.device
         )
         drop_s = drop_s | text_only.to(acc.device)
         sk = sketch_channel(sketches, size=size)  # (B, 1, S, S)
         sk = torch.where(drop_s.view(-1, 1, 1, 1), blank_sketch(len(words), size, device=acc.device), sk)
-        tokens, labels = conditioner(query, drop_q)
+        drop_h = None
+        if args.query_states:  # (drawn only then: runs without states repeat earlier runs exactly)
+            drop_h = torch.rand(len(words), generator=gen).to(acc.device) < args.p_drop_states
+        tokens, labels = conditioner(query, drop_q, states, drop_h)
         loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen, snr_gamma=args.snr_gamma)
         acc.backward(loss)
         if args.grad_clip > 0:

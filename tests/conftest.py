@@ -25,10 +25,11 @@ def tiny_encoder():
     return ComposedQueryEncoder(get_clip_config("duetgen-tiny"), backbone="duetgen-tiny").eval()
 
 
-def make_tiny_pipeline(seed: int = 0, random_null: bool = True, sketch_fill: bool = True):
+def make_tiny_pipeline(seed: int = 0, random_null: bool = True, sketch_fill: bool = True, query_states: bool = False):
     """A tiny real DuetGenPipeline (32 px, random weights), diffusers-test style, shared by the tests.
 
-    ``random_null`` draws a non-zero null query so that guidance changes the result measurably.
+    ``random_null`` draws a non-zero null query (and null token states) so that guidance changes the result
+    measurably; ``query_states``: the conditioner also takes the query's token states.
     """
     from duetgen import ComposedQueryEncoder
     from duetgen.backbones import get_clip_config
@@ -45,10 +46,13 @@ def make_tiny_pipeline(seed: int = 0, random_null: bool = True, sketch_fill: boo
         cross_attention_dim=16,
         attention_head_dim=8,
         sketch_fill=sketch_fill,
+        query_states=query_states,
     )
     if random_null:
         with torch.no_grad():
             pipe.conditioner.null_query.normal_()
+            if query_states:
+                pipe.conditioner.null_states.normal_()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -346,3 +346,84 @@ def test_outline_only_pipelines_still_load_and_run(tmp_path):
     back = load_pipeline(tmp_path / "p")
     back.set_progress_bar_config(disable=True)
     assert back.unet.config.in_channels == 4 and torch.isfinite(run(back, sketch=sketch(), text="red").images).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the composed query token by token (QueryConditioner state_dim)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def states_pipe():
+    return make_tiny_pipeline(query_states=True)
+
+
+def test_conditioner_token_states_and_their_null():
+    cond = QueryConditioner(8, num_tokens=2, cross_attention_dim=16, state_dim=12, state_length=5)
+    with torch.no_grad():
+        cond.null_states.normal_()
+    q, h = torch.randn(3, 8), torch.randn(3, 5, 12)
+    tokens, labels = cond(q, states=h)
+    assert tokens.shape == (3, 2 + 5, 16) and torch.equal(labels, q)
+    # the states reach the tokens: other states, other tokens; the query tokens stay
+    other, _ = cond(q, states=h + 1)
+    assert torch.equal(tokens[:, :2], other[:, :2]) and not torch.allclose(tokens[:, 2:], other[:, 2:])
+    # dropped rows (query or states) and missing states get the learned null states
+    dropped, _ = cond(q, drop=torch.tensor([True, False, False]), states=h, drop_states=torch.tensor([0, 0, 1]).bool())
+    null = cond.null_states.detach()
+    assert torch.equal(dropped[0, 2:], null) and torch.equal(dropped[2, 2:], null)
+    assert torch.equal(dropped[1], tokens[1])
+    assert torch.equal(cond(q)[0][:, 2:], null.expand(3, -1, -1))
+    with pytest.raises(ValueError, match="token states must have shape"):
+        cond(q, states=torch.randn(3, 4, 12))
+    with pytest.raises(ValueError, match="go together"):
+        QueryConditioner(8, state_dim=12)
+
+
+def test_states_pipeline_conditions_on_the_words_token_by_token(states_pipe):
+    ref = run(states_pipe, sketch=sketch(), text="red with stripes")
+    enc_q, enc_h = states_pipe.encoder.encode_query(sketch()[None], ["red with stripes"], return_states=True)
+    assert torch.allclose(ref.query_embeds, enc_q, atol=1e-6)
+    assert torch.allclose(ref.query_token_embeds, enc_h, atol=1e-5)
+    # the same query with its states reproduces the image; without them the null states stand in
+    again = run(states_pipe, sketch=sketch(), query_embeds=ref.query_embeds, query_token_embeds=ref.query_token_embeds)
+    assert torch.equal(ref.images, again.images)
+    one = run(
+        states_pipe, sketch=sketch(), query_embeds=ref.query_embeds[0], query_token_embeds=ref.query_token_embeds[0]
+    )
+    assert torch.equal(ref.images, one.images)
+    pooled_only = run(states_pipe, sketch=sketch(), query_embeds=ref.query_embeds)
+    assert (pooled_only.images - ref.images).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="go with query_embeds"):
+        run(states_pipe, sketch=sketch(), text="red", query_token_embeds=ref.query_token_embeds)
+    with pytest.raises(ValueError, match="rows"):
+        run(states_pipe, query_embeds=ref.query_embeds, query_token_embeds=ref.query_token_embeds.expand(2, -1, -1))
+
+
+def test_states_pipeline_save_load_round_trip(states_pipe, tmp_path):
+    states_pipe.save_pretrained(tmp_path / "p")
+    loaded = DuetGenPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.conditioner.uses_states and torch.equal(
+        loaded.conditioner.null_states, states_pipe.conditioner.null_states
+    )
+    saved, back = states_pipe.conditioner.state_dict(), loaded.conditioner.state_dict()
+    assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
+    a = run(states_pipe, sketch=sketch(), text="blue with dots").images
+    assert torch.allclose(a, run(loaded, sketch=sketch(), text="blue with dots").images, atol=1e-5)
+
+
+@pytest.mark.parametrize("query_states", [False, True])
+def test_unet_jit_matches_eager(query_states):
+    pipe = make_tiny_pipeline(query_states=query_states)
+    kw = {"sketch": [sketch(), sketch(2)], "text": ["red", "blue with dots"], "num_inference_steps": 4}
+    eager = run(pipe, **kw).images
+    pipe.enable_unet_jit()
+    traced = run(pipe, **kw).images
+    # one trace per UNet input shape: guided steps (4 rows) and the unguided tail (2 rows)
+    assert len(pipe._unet_traces) == 2
+    assert all(isinstance(f, torch.jit.ScriptModule) for f in pipe._unet_traces.values())
+    assert torch.allclose(eager, traced, atol=1e-4)
+    assert torch.allclose(traced, run(pipe, **kw).images, atol=1e-6) and len(pipe._unet_traces) == 2
+    pipe.enable_unet_jit(False)
+    assert pipe._unet_traces is None and torch.equal(run(pipe, **kw).images, eager)

@@ -21,7 +21,10 @@ class DuetGenPipelineOutput(BaseOutput):
             ``"pt"``: float32 tensor (N, 3, S, S) in [0, 1].
         query_embeds: (batch, D) the composed queries the images were generated from (one per prompt, before
             repetition by ``num_images_per_prompt``), on the pipeline's device.
+        query_token_embeds: (batch, L, Wt) the same queries token by token, when the pipeline's conditioner uses
+            them (``conditioner.uses_states``); pass both back as ``query_embeds=`` / ``query_token_embeds=``.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     query_embeds: torch.Tensor | None = None
+    query_token_embeds: torch.Tensor | None = None
