@@ -22,7 +22,11 @@ Writes under ``--out``: ``args.json``, ``log.jsonl`` (loss every ``--log-every``
 DuetGenPipeline, encoder included, ``save_pretrained`` in fp16 safetensors; load it as float32 with
 ``duetgen.pipelines.load_pipeline``).
 
+``--init PIPELINE`` fine-tunes an existing pipeline (its UNet, conditioner and scheduler, and its encoder unless
+``--encoder`` is given) instead of building a fresh one from the architecture options.
+
     python recipes/train_generator.py --encoder runs/stage2/encoder --out runs/generator
+    python recipes/train_generator.py --init runs/generator/pipeline --out runs/generator_ft --steps 800 --lr 4e-4
     accelerate launch recipes/train_generator.py --config gen.yaml --resume
 """
 
@@ -49,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML file whose keys (e.g. batch_size: 32) become this script's defaults")
     p.add_argument("--encoder", default=None, help="duet encoder folder (save_pretrained); default: the embedded one")
     p.add_argument("--out", required=True, help="run folder: state/, pipeline/, log.jsonl, args.json")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune: start the UNet and conditioner from this pipeline folder (its architecture replaces the\n"
+        "architecture options below; the encoder comes from --encoder, else the pipeline's own)",
+    )
     p.add_argument(
         "--steps", type=int, default=1600, help="optimiser steps (~1.55 s each at the defaults on 2 idle cores)"
     )
@@ -178,24 +188,38 @@ def main(argv=None) -> None:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
 
     groups = wd.load_or_build(args.cache, args.groups, seed=args.world_seed, size=64)
-    encoder = duetgen.load_encoder(args.encoder)
+    if args.init:
+        from duetgen.pipelines import load_pipeline
+
+        pipe = load_pipeline(args.init)  # fp16 on disk, float32 here
+        pipe.unet.requires_grad_(True)
+        pipe.conditioner.requires_grad_(True)
+        encoder = duetgen.load_encoder(args.encoder) if args.encoder else pipe.encoder
+        if pipe.sample_size != groups.size:
+            raise SystemExit(
+                f"--init {args.init}: generates {pipe.sample_size} px, the world cache is {groups.size} px"
+            )
+    else:
+        encoder = duetgen.load_encoder(args.encoder)
     encoder.requires_grad_(False)
     encoder.eval()
     channels = tuple(int(c) for c in str(args.block_out_channels).split(","))
-    pipe = DuetGenPipeline.from_encoder(
-        encoder,
-        sample_size=groups.size,
-        prediction_type=args.prediction_type,
-        num_query_tokens=args.num_query_tokens,
-        cross_attention_dim=args.cross_attention_dim,
-        block_out_channels=channels,
-        attention_levels=args.attention_levels,
-        layers_per_block=args.layers_per_block,
-        sketch_fill=not args.no_sketch_fill,
-        norm_num_groups=math.gcd(8, *channels),
-        query_states=args.query_states,
-    )
+    if not args.init:
+        pipe = DuetGenPipeline.from_encoder(
+            encoder,
+            sample_size=groups.size,
+            prediction_type=args.prediction_type,
+            num_query_tokens=args.num_query_tokens,
+            cross_attention_dim=args.cross_attention_dim,
+            block_out_channels=channels,
+            attention_levels=args.attention_levels,
+            layers_per_block=args.layers_per_block,
+            sketch_fill=not args.no_sketch_fill,
+            norm_num_groups=math.gcd(8, *channels),
+            query_states=args.query_states,
+        )
     unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler
+    use_states = conditioner.uses_states
     acc.print(f"generator: {count_parameters(unet, conditioner) / 1e6:.2f} M parameters; {len(groups)} world groups")
 
     param_groups = [{"params": list(unet.parameters()) + list(conditioner.parameters()), "lr": args.lr}]
@@ -241,7 +265,7 @@ def main(argv=None) -> None:
         sk = sketch_channel(sketches, size=size)  # (B, 1, S, S)
         sk = torch.where(drop_s.view(-1, 1, 1, 1), blank_sketch(len(words), size, device=acc.device), sk)
         drop_h = None
-        if args.query_states:  # (drawn only then: runs without states repeat earlier runs exactly)
+        if use_states:  # (drawn only then: runs without states repeat earlier runs exactly)
             drop_h = torch.rand(len(words), generator=gen).to(acc.device) < args.p_drop_states
         tokens, labels = conditioner(query, drop_q, states, drop_h)
         loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen, snr_gamma=args.snr_gamma)

@@ -77,6 +77,16 @@ def test_two_steps_then_resume(recipe, encoder_dir, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
 
+    # --init fine-tunes that pipeline: its architecture (not the options') and weights are the starting point
+    ft = tmp_path / "ft"
+    recipe.main(["--init", str(out / "pipeline"), "--out", str(ft), "--cache", str(tmp_path / "groups.npz"),
+                 "--steps", "1", "--ema-decay", "0", "--lr", "0.01", "--block-out-channels", "32,64",
+                 *TINY[:2]])  # fmt: skip
+    start, tuned = load_pipeline(out / "pipeline"), load_pipeline(ft / "pipeline")
+    assert list(tuned.unet.config.block_out_channels) == list(start.unet.config.block_out_channels) == [8, 16]
+    w0, w1 = start.unet.conv_in.weight, tuned.unet.conv_in.weight
+    assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 0.1  # one step from the start, not a fresh init
+
 
 def test_yaml_config_and_encoder_grad(recipe, encoder_dir, tmp_path):
     cfg = tmp_path / "gen.yaml"
