@@ -333,7 +333,7 @@ with tab_retrieve:
 with tab_generate:
     g = st.columns(5)
     steps = g[0].slider("Steps", 1, 100, 25, key="gen_steps")
-    guidance = g[1].slider("Guidance", 0.0, 10.0, 2.0, step=0.5, key="gen_guidance")
+    guidance = g[1].slider("Guidance", 0.0, 10.0, 3.0, step=0.5, key="gen_guidance")
     seed = g[2].number_input("Seed", 0, 2**31 - 1, 0, step=1, key="gen_seed")
     scheduler = g[3].selectbox("Scheduler", list(core.SCHEDULERS), key="gen_scheduler")
     n_images = g[4].slider("Images", 1, 4, 2, key="gen_n")

@@ -501,7 +501,7 @@ def generate(
     query_embeds: torch.Tensor | None = None,
     query_token_embeds: torch.Tensor | None = None,
     steps: int = 25,
-    guidance: float = 2.0,
+    guidance: float = 3.0,
     seed: int = 0,
     scheduler: str = "DDPM",
     n_images: int = 1,

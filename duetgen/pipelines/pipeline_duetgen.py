@@ -425,7 +425,7 @@ class DuetGenPipeline(DiffusionPipeline):
         sketch: SketchInput | list[SketchInput] | None = None,
         text: str | list[str] | None = None,
         num_inference_steps: int = 25,
-        guidance_scale: float = 2.0,
+        guidance_scale: float = 3.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
