@@ -543,7 +543,8 @@ def evaluate(args) -> dict:
 
 
 def markdown_table(r: dict) -> str:
-    lines = [f"attribute transfer on {r['n']} held-out world {r['eval_input']}s (route: {r['photo_route']}, "
+    inputs = "sketches" if r["eval_input"] == "sketch" else "photos"
+    lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}, "
              f"{r['steps']} steps, guidance {r['guidance']}, gallery {r['gallery_size']} photos)",
              "| output | attribute success | shape kept (shape + IoU >= 0.5) | both | other attrs kept | mean IoU |",
              "|---|---|---|---|---|---|"]  # fmt: skip

@@ -14,7 +14,8 @@ python recipes/train_world_clip.py --arch duetgen-world-cs --out "$RUN/stage1" -
 # stage 2: the duet method (the shipped default is caption-supervised; see README for the caption-free figures)
 python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --cache "$CACHE" --steps 800 \
   --groups-per-batch 32 --lr 2e-3 --eval-every 400 --caption-supervised --resume
-# stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel)
+# stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel,
+# cross-attention to the composed query's token states)
 python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/generator" --cache "$CACHE" \
   --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 1600 --resume
 python recipes/export_embedded.py "$RUN/generator/pipeline"
