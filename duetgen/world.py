@@ -417,6 +417,26 @@ def words(attrs: Attributes) -> str:
     return f"{colour} {_DOMAIN_WORDS[attrs.domain]}"
 
 
+def change_words(source: Attributes, target: Attributes) -> str:
+    """What a user would type to turn ``source`` into ``target``: only the attributes that differ.
+
+    The phrases of domain attribute transfer: 'in blue', 'with dots', 'solid', 'at night', joined when several
+    change ('in blue at night'; colour and pattern together read as in :func:`words`: 'blue with dots'). Empty when
+    nothing changes.
+    """
+    parts = []
+    colour, pattern = source.colour != target.colour, source.pattern != target.pattern
+    if colour and pattern:
+        parts.append(words(Attributes(target.colour, target.pattern, "plain")).rsplit(" in a photo", 1)[0])
+    elif colour:
+        parts.append(f"in {target.colour}")
+    elif pattern:
+        parts.append("solid" if target.pattern == "solid" else _PATTERN_WORDS[target.pattern])
+    if source.domain != target.domain:
+        parts.append(_DOMAIN_WORDS[target.domain])
+    return " ".join(parts)
+
+
 def caption(
     instance: Instance, attrs: Attributes, rng: np.random.Generator | None = None, drop_prob: float = 0.0
 ) -> str:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import duetgen
+from duetgen import world
 from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.generator import blank_sketch, count_parameters, drop_conditions, rec_loss, sketch_channel
@@ -98,6 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--p-sketch-query", type=float, default=0.2, help="rows conditioned on the caption-free sketch query"
     )
+    p.add_argument(
+        "--p-photo-query",
+        type=float,
+        default=0.0,
+        help="rows conditioned as attribute transfer is: the same instance's photo with the group's other\n"
+        "attributes (through encode_image) plus words naming only what changes ('in blue at night')",
+    )
     p.add_argument("--p-text-only", type=float, default=0.1, help="rows with a words-only query and a blank sketch")
     p.add_argument("--p-drop-query", type=float, default=0.1, help="rows whose query becomes the null query")
     p.add_argument("--p-drop-sketch", type=float, default=0.1, help="rows whose sketch channel becomes blank")
@@ -140,7 +148,11 @@ def lr_lambda(args):
 
 
 def sample_batch(groups: wd.WorldGroups, args, step: int):
-    """Rows (g, i, j) for one step, deterministic from (seed, step) so a resumed run sees the same batches."""
+    """Rows (g, i, j) for one step, deterministic from (seed, step) so a resumed run sees the same batches.
+
+    Returns target photos (B, 3, S, S) in [-1, 1], sketches (B, 3, S, S) in [0, 1], words, the text-only mask (B,)
+    and, for ``--p-photo-query`` rows, the source photos (B, 3, S, S) in [0, 1] with their mask (B,) (else ``None``).
+    """
     rng = np.random.default_rng([args.seed, step])
     b = args.batch_size
     g = rng.integers(0, len(groups), b)
@@ -153,22 +165,43 @@ def sample_batch(groups: wd.WorldGroups, args, step: int):
     text_only = u < args.p_text_only
     sketch_query = (u >= args.p_text_only) & (u < args.p_text_only + args.p_sketch_query)
     words = ["" if sq else w for sq, w in zip(sketch_query, words, strict=True)]  # "" = the caption-free sketch query
-    return photos, sketches, words, torch.from_numpy(text_only)
+    sources = photo_rows = None
+    if args.p_photo_query > 0:  # (drawn only then: runs without photo queries repeat earlier runs exactly)
+        photo_rows = (rng.random(b) < args.p_photo_query) & ~text_only & ~sketch_query
+        sources = wd.to_float(groups.photos[g, i, 1 - j])  # the same instance with the group's other attributes
+        for k in np.flatnonzero(photo_rows):
+            attrs = groups.records[int(g[k])]["attrs"]
+            source, target = (world.Attributes.from_dict(attrs[a]) for a in (1 - j[k], j[k]))
+            words[k] = world.change_words(source, target)
+        photo_rows = torch.from_numpy(photo_rows)
+    return photos, sketches, words, torch.from_numpy(text_only), sources, photo_rows
 
 
 def encode_queries(
-    encoder, sketches: torch.Tensor, words: list[str], text_only: torch.Tensor
+    encoder,
+    sketches: torch.Tensor,
+    words: list[str],
+    text_only: torch.Tensor,
+    sources: torch.Tensor | None = None,
+    photo_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composed / sketch-only / words-only queries per row: (B, D), and their token states (B, L, Wt)."""
+    """Composed / sketch-only / words-only / photo + change-words queries per row: (B, D), and their token states
+    (B, L, Wt). Photo rows enter as attribute transfer does: ``encode_query(sketch_embeds=encode_image(source))``."""
     query = torch.empty(len(words), encoder.embed_dim, device=sketches.device)
     width = encoder.clip.token_embedding.embedding_dim
     states = torch.empty(len(words), encoder.context_length, width, device=sketches.device)
-    with_sketch = (~text_only).nonzero().flatten().tolist()
+    photo_rows = torch.zeros_like(text_only) if photo_rows is None else photo_rows
+    with_sketch = (~text_only & ~photo_rows).nonzero().flatten().tolist()
     only_words = text_only.nonzero().flatten().tolist()
     for rows, images in ((with_sketch, sketches[with_sketch]), (only_words, None)):
         if rows:
             q, h = encoder.encode_query(images, [words[k] for k in rows], return_states=True)
             query[rows], states[rows] = q.float(), h.float()
+    from_photo = photo_rows.nonzero().flatten().tolist()
+    if from_photo:
+        embeds = encoder.encode_image(sources[from_photo])
+        q, h = encoder.encode_query(sketch_embeds=embeds, words=[words[k] for k in from_photo], return_states=True)
+        query[from_photo], states[from_photo] = q.float(), h.float()
     return query, states
 
 
@@ -253,11 +286,15 @@ def main(argv=None) -> None:
     for step in range(start, args.steps):
         # noise and condition dropout drawn from (seed, step) alone, so a resumed run repeats an uninterrupted one
         gen = torch.Generator().manual_seed(args.seed * 100003 + step)
-        photos, sketches, words, text_only = sample_batch(groups, args, step)
+        photos, sketches, words, text_only, sources, photo_rows = sample_batch(groups, args, step)
         photos, sketches = photos.to(acc.device), sketches.to(acc.device)
+        if sources is not None:
+            sources, photo_rows = sources.to(acc.device), photo_rows.to(acc.device)
         size = photos.shape[-1]
         with torch.set_grad_enabled(args.encoder_grad):
-            query, states = encode_queries(encoder, sketches, words, text_only.to(acc.device))  # (B, D), (B, L, Wt)
+            query, states = encode_queries(  # (B, D), (B, L, Wt)
+                encoder, sketches, words, text_only.to(acc.device), sources, photo_rows
+            )
         drop_q, drop_s = drop_conditions(
             len(words), args.p_drop_query, args.p_drop_sketch, args.p_drop_both, generator=gen, device=acc.device
         )

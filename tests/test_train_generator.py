@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,36 @@ def test_yaml_config_and_encoder_grad(recipe, encoder_dir, tmp_path):
     base = duetgen.load_encoder(encoder_dir)
     assert not torch.allclose(trained.mapper[0].weight, base.mapper[0].weight.half().float())
     assert torch.equal(trained.clip.token_embedding.weight, base.clip.token_embedding.weight.half().float())
+
+
+def test_photo_query_rows_are_attribute_transfer_requests(recipe, encoder_dir, tmp_path):
+    """--p-photo-query rows: the same instance's photo with the other attributes, words naming only the change."""
+    from duetgen import world
+    from duetgen import world_dataset as wd
+
+    groups = wd.load_or_build(tmp_path / "g.npz", 6, seed=1000, size=64)
+    args = recipe.parse_args(["--out", str(tmp_path), "--batch-size", "16", "--p-photo-query", "1.0",
+                              "--p-text-only", "0", "--p-sketch-query", "0"])  # fmt: skip
+    photos, sketches, words, text_only, sources, rows = recipe.sample_batch(groups, args, step=3)
+    assert rows.all() and not text_only.any()
+    rng = np.random.default_rng([args.seed, 3])
+    g, i, j = (rng.integers(0, n, 16) for n in (len(groups), 2, 2))
+    for k in range(16):
+        attrs = [world.Attributes.from_dict(a) for a in groups.records[g[k]]["attrs"]]
+        assert words[k] == world.change_words(attrs[1 - j[k]], attrs[j[k]])
+        assert torch.equal(sources[k], wd.to_float(groups.photos[g[k], i[k], 1 - j[k]]))
+        assert torch.equal(photos[k], wd.to_float(groups.photos[g[k], i[k], j[k]]) * 2 - 1)
+    # the query of a photo row is the attribute-transfer query of that source and words
+    enc = duetgen.load_encoder(encoder_dir).eval()
+    with torch.no_grad():
+        q, h = recipe.encode_queries(enc, sketches, words, text_only, sources, rows)
+        ref_q, ref_h = enc.encode_query(sketch_embeds=enc.encode_image(sources), words=words, return_states=True)
+        sketch_q = enc.encode_query(sketches, words)
+    assert torch.allclose(q, ref_q, atol=1e-5) and torch.allclose(h, ref_h, atol=1e-5)
+    assert not torch.allclose(q, sketch_q, atol=1e-3)
+    # off by default: the same step draws the same batch as before the option existed
+    plain = recipe.parse_args(["--out", str(tmp_path), "--batch-size", "16"])
+    assert recipe.sample_batch(groups, plain, step=3)[4:] == (None, None)
 
 
 def test_bad_config_key(recipe, tmp_path):

@@ -136,6 +136,21 @@ def test_caption_words():
     assert world.geometry_words(arrow) == "small, at the bottom right, upside down"
 
 
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        (("red", "solid", "plain"), ("blue", "solid", "plain"), "in blue"),
+        (("red", "dots", "plain"), ("red", "solid", "plain"), "solid"),
+        (("red", "solid", "plain"), ("red", "checks", "night"), "with checks at night"),
+        (("red", "solid", "plain"), ("blue", "dots", "pixel art"), "blue with dots in pixel art"),
+        (("red", "dots", "plain"), ("green", "solid", "plain"), "solid green"),
+        (("red", "dots", "night"), ("red", "dots", "night"), ""),
+    ],
+)
+def test_change_words_name_only_what_changes(source, target, expected):
+    assert world.change_words(world.Attributes(*source), world.Attributes(*target)) == expected
+
+
 def test_caption_drop_prob():
     inst, attrs = _inst("heart"), world.Attributes("green", "dots", "painting")
     full = world.caption(inst, attrs)
