@@ -413,8 +413,12 @@ def words(attrs: Attributes) -> str:
     for the solid pattern. Examples: 'red with stripes in pixel art', 'solid blue in a photo', 'green with dots at
     night', 'pink with checks in a painting'.
     """
-    colour = f"solid {attrs.colour}" if attrs.pattern == "solid" else f"{attrs.colour} {_PATTERN_WORDS[attrs.pattern]}"
-    return f"{colour} {_DOMAIN_WORDS[attrs.domain]}"
+    return f"{_colour_pattern_words(attrs)} {_DOMAIN_WORDS[attrs.domain]}"
+
+
+def _colour_pattern_words(attrs: Attributes) -> str:
+    """'red with stripes', 'solid blue'."""
+    return f"solid {attrs.colour}" if attrs.pattern == "solid" else f"{attrs.colour} {_PATTERN_WORDS[attrs.pattern]}"
 
 
 def change_words(source: Attributes, target: Attributes) -> str:
@@ -427,7 +431,7 @@ def change_words(source: Attributes, target: Attributes) -> str:
     parts = []
     colour, pattern = source.colour != target.colour, source.pattern != target.pattern
     if colour and pattern:
-        parts.append(words(Attributes(target.colour, target.pattern, "plain")).rsplit(" in a photo", 1)[0])
+        parts.append(_colour_pattern_words(target))
     elif colour:
         parts.append(f"in {target.colour}")
     elif pattern:

@@ -81,8 +81,6 @@ DEMO_SEED = 888_900
 """World seed of the demo inputs and the default gallery."""
 
 DEFAULT_PHRASES = ("in pixel art", "at night", "with stripes", "in blue")
-DOMAIN_PHRASES = {"plain": "in a photo", "painting": "in a painting", "pixel art": "in pixel art", "night": "at night"}
-PATTERN_PHRASES = {"solid": "solid", "stripes": "with stripes", "dots": "with dots", "checks": "with checks"}
 KINDS = ("colour", "pattern", "domain")
 TARGETS = {"attribute": 0.8, "shape_kept": 0.9}
 IOU_KEPT = 0.5
@@ -382,15 +380,6 @@ def run(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def phrase_for(kind: str, attrs: world.Attributes) -> str:
-    """The words naming one attribute: 'in blue', 'with dots' / 'solid', 'at night'."""
-    if kind == "colour":
-        return f"in {attrs.colour}"
-    if kind == "pattern":
-        return PATTERN_PHRASES[attrs.pattern]
-    return DOMAIN_PHRASES[attrs.domain]
-
-
 def eval_sources(n: int, seed: int = EVAL_SEED, size: int = 64) -> list[dict]:
     """Held-out sources: instance, source/target attributes (one attribute changed), photo, sketch and phrase."""
     out = []
@@ -405,7 +394,7 @@ def eval_sources(n: int, seed: int = EVAL_SEED, size: int = 64) -> list[dict]:
         render_seeds = [int(s) for s in rng.integers(2**31, size=6)]
         poses = world.pose_variants(inst, 2, rng)
         out.append({"index": i, "instance": inst, "source": src, "target": tgt, "kind": kind,
-                    "phrase": phrase_for(kind, tgt), "poses": poses, "render_seeds": render_seeds,
+                    "phrase": world.change_words(src, tgt), "poses": poses, "render_seeds": render_seeds,
                     "photo": world.render_photo(inst, src, size, render_seeds[0]),
                     "sketch": world.render_sketch(inst, size, render_seeds[1])})  # fmt: skip
     return out

@@ -149,7 +149,11 @@ def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir,
     for it in res["items"]:  # exactly one attribute changes, and the phrase names the new value
         changed = [k for k in ("colour", "pattern", "domain") if it["source"][k] != it["target"][k]]
         assert changed == [it["kind"]]
-        assert it["target"][it["kind"]] in it["phrase"] or it["phrase"] in at.DOMAIN_PHRASES.values()
+        t = it["target"]
+        domain = {"plain": "in a photo", "painting": "in a painting", "pixel art": "in pixel art", "night": "at night"}
+        pattern = "solid" if t["pattern"] == "solid" else f"with {t['pattern']}"
+        expected = {"colour": f"in {t['colour']}", "pattern": pattern, "domain": domain[t["domain"]]}
+        assert it["phrase"] == expected[it["kind"]]
     lp = res["lpips"]
     assert (lp["available"] and lp["generation"] >= 0) or ("LPIPS" in lp["reason"] and not lp["available"])
     assert Image.open(tmp_path / "ev" / "sheet.png").size[1] == 18 + 6 * 100 + 4
