@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -134,6 +135,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1")
+    for name in ("p_drop_states", "p_sketch_query", "p_photo_query", "p_text_only", "p_drop_query", "p_drop_sketch",
+                 "p_drop_both"):  # fmt: skip
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(args, name)}")
+    if args.init:
+        from duetgen.pipelines.pipeline_duetgen import check_pipeline_folder
+
+        try:
+            check_pipeline_folder(args.init)
+        except duetgen.DuetgenError as err:
+            p.error(f"--init: {str(err).splitlines()[0]}")
     return args
 
 
@@ -353,4 +365,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except duetgen.DuetgenError as err:  # a bad --encoder / --cache: one line, not a traceback
+        print(f"train_generator: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

@@ -150,3 +150,18 @@ def test_bad_config_key(recipe, tmp_path):
     cfg.write_text("stpes: 3\n")
     with pytest.raises(SystemExit):
         recipe.parse_args(["--config", str(cfg), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--init", "{tmp}/missing"], "--init: "),
+        (["--init", "{tmp}"], "is not a pipeline folder"),
+        (["--p-photo-query", "1.5"], "--p-photo-query must be a probability"),
+        (["--p-drop-states", "-0.1"], "--p-drop-states must be a probability"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(recipe, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        recipe.parse_args(["--out", str(tmp_path), *(a.format(tmp=tmp_path) for a in argv)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
