@@ -86,6 +86,18 @@ def test_same_seed_same_file(model_dir, sketch_file, tmp_path):
     )
 
 
+def test_jit_traces_the_unet_and_draws_the_same_image(model_dir, sketch_file, tmp_path, monkeypatch):
+    seen = []  # the pipelines --jit switched on (the real method runs; this only records its caller)
+    enable = DuetGenPipeline.enable_unet_jit
+    monkeypatch.setattr(DuetGenPipeline, "enable_unet_jit", lambda self, *a: (seen.append(self), enable(self, *a))[1])
+    common = ["generate", "--sketch", str(sketch_file), "--text", "red", "--steps", "3", "--model", str(model_dir)]
+    assert main([*common, "--out", str(tmp_path / "eager.png")]) == 0 and not seen
+    assert main([*common, "--out", str(tmp_path / "jit.png"), "--jit"]) == 0 and len(seen) == 1
+    assert seen[0]._unet_traces and all(isinstance(f, torch.jit.ScriptModule) for f in seen[0]._unet_traces.values())
+    a, b = (np.asarray(PIL.Image.open(tmp_path / n), dtype=int) for n in ("eager.png", "jit.png"))
+    assert np.abs(a - b).max() <= 1  # float rounding at most
+
+
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler"])
 def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
     out = tmp_path / "grid.png"
