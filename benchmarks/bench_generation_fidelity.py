@@ -83,7 +83,7 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
         extra = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
         pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
     pipe.set_progress_bar_config(disable=True)
-    pipe.enable_unet_jit()  # same images to float rounding, a quarter faster
+    pipe.enable_unet_jit()  # same images to float rounding, about 1.2x faster
     sketches = torch.from_numpy(np.stack([r["sketch"] for r in reqs])).float().div(255)  # (N, H, W)
     sketches = sketches[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, H, W)
     texts = [r["words"] for r in reqs]
