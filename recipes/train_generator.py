@@ -115,6 +115,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16", "fp16"),
+        help="autocast the UNet and conditioner (accelerate's mixed_precision). bf16 trains about 1.4x faster on\n"
+        "CPUs with AVX512-BF16 or AMX; fp16 needs a GPU. The shipped weights are fp16 either way",
+    )
 
     pre, _ = p.parse_known_args(argv)
     if pre.config:
@@ -139,6 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "p_drop_both"):  # fmt: skip
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(args, name)}")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        p.error("--mixed-precision fp16 needs a GPU; use bf16 (or no) on a CPU")
     if args.init:
         from duetgen.pipelines.pipeline_duetgen import check_pipeline_folder
 
@@ -225,7 +234,7 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
