@@ -520,7 +520,7 @@ def generate(
         raise DuetgenInputError("give a sketch, words or both to generate from")
     if scheduler not in SCHEDULERS:
         raise DuetgenInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    import diffusers
+    from duetgen.pipelines import make_scheduler
 
     pipe = models.pipe
 
@@ -530,8 +530,7 @@ def generate(
         return {}
 
     with models.lock:  # the scheduler object is shared: one generation at a time
-        cls = getattr(diffusers, SCHEDULERS[scheduler])
-        pipe.scheduler = cls.from_config(models.default_scheduler or pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(SCHEDULERS[scheduler], models.default_scheduler or pipe.scheduler.config)
         out = pipe(
             sketch=sketch,
             text=None if query_embeds is not None else words,

@@ -75,13 +75,11 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
         ) from err
     pipe = load_pipeline(args.model)
     if args.scheduler is not None or args.timestep_spacing is not None:
-        import diffusers
+        from duetgen.pipelines import make_scheduler
 
-        from duetgen.cli_generate import SCHEDULERS
-
-        cls = getattr(diffusers, SCHEDULERS[args.scheduler]) if args.scheduler else type(pipe.scheduler)
         extra = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
-        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+        name = args.scheduler or type(pipe.scheduler).__name__
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config, **extra)
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_unet_jit()  # same images to float rounding, about 1.2x faster
     sketches = torch.from_numpy(np.stack([r["sketch"] for r in reqs])).float().div(255)  # (N, H, W)
@@ -162,7 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
-    p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim", "dpm", "euler"),
+    p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim", "dpm", "euler", "euler-ancestral"),
                    help="sampler (default: the pipeline's)")  # fmt: skip
     p.add_argument("--timestep-spacing", default=None, choices=("leading", "trailing", "linspace"),
                    help="the scheduler's timestep spacing (default: the pipeline's)")  # fmt: skip

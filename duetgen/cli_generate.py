@@ -10,12 +10,8 @@ from . import limits
 from .cli import command
 from .errors import DuetgenInputError
 
-SCHEDULERS = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
+SCHEDULERS = ("ddpm", "ddim", "dpm", "euler", "euler-ancestral")  # duetgen.pipelines.SCHEDULERS (not imported here:
+# the pipelines pull in diffusers, and --help must stay fast)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -35,9 +31,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)"
     )
-    p.add_argument(
-        "--scheduler", choices=sorted(SCHEDULERS), default=None, help="sampler (default: the model's, DDPM)"
-    )
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="sampler (default: the model's, DDPM)")
     p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: the embedded model")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
@@ -81,10 +75,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args.model, device=device)
     if args.scheduler is not None:
-        import diffusers
+        from .pipelines import make_scheduler
 
-        cls = getattr(diffusers, SCHEDULERS[args.scheduler])
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if args.jit:
         pipe.enable_unet_jit()
     kwargs = {}

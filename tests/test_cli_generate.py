@@ -98,7 +98,7 @@ def test_jit_traces_the_unet_and_draws_the_same_image(model_dir, sketch_file, tm
     assert np.abs(a - b).max() <= 1  # float rounding at most
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler", "euler-ancestral"])
 def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
     out = tmp_path / "grid.png"
     rc = main(

@@ -17,7 +17,7 @@ from diffusers import (
 
 import duetgen
 from duetgen.errors import CheckpointError
-from duetgen.generator import QueryConditioner
+from duetgen.generator import QueryConditioner, build_scheduler
 from duetgen.pipelines import DuetGenPipeline, DuetGenPipelineOutput, load_pipeline
 
 STEPS = 3
@@ -115,6 +115,23 @@ def test_every_scheduler(scheduler_cls):
     a = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
     b = run(pipe, sketch=sketch(), text="red", num_inference_steps=4).images
     assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_make_scheduler_names_spacing_and_errors():
+    from duetgen.pipelines import SCHEDULERS, make_scheduler
+
+    leading = dict(build_scheduler("v_prediction").config, timestep_spacing="leading")  # older pipelines' config
+    for name, cls_name in SCHEDULERS.items():
+        a, b = make_scheduler(name, leading), make_scheduler(cls_name, leading)
+        assert type(a).__name__ == type(b).__name__ == cls_name
+        assert a.config.prediction_type == "v_prediction" and a.config.num_train_timesteps == 1000
+    ddim = make_scheduler("ddim", leading)  # leading DDIM starts at t=960 and drifts: it is switched to trailing
+    ddim.set_timesteps(25)
+    assert ddim.config.timestep_spacing == "trailing" and int(ddim.timesteps[0]) == 999
+    assert make_scheduler("ddpm", leading).config.timestep_spacing == "leading"  # DDPM is left as it was
+    assert make_scheduler("DDIM", leading, timestep_spacing="leading").config.timestep_spacing == "leading"
+    with pytest.raises(ValueError, match="unknown scheduler 'heun'"):
+        make_scheduler("heun", leading)
 
 
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt"])

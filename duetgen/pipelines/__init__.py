@@ -6,10 +6,18 @@
   (GPU and the unCLIP weights needed).
 """
 
-from .pipeline_duetgen import DuetGenPipeline, check_pipeline_folder, load_pipeline
+from .pipeline_duetgen import SCHEDULERS, DuetGenPipeline, check_pipeline_folder, load_pipeline, make_scheduler
 from .pipeline_output import DuetGenPipelineOutput
 
-__all__ = ["DuetGenPipeline", "DuetGenPipelineOutput", "DuetUnCLIPPipeline", "check_pipeline_folder", "load_pipeline"]
+__all__ = [
+    "SCHEDULERS",
+    "DuetGenPipeline",
+    "DuetGenPipelineOutput",
+    "DuetUnCLIPPipeline",
+    "check_pipeline_folder",
+    "load_pipeline",
+    "make_scheduler",
+]
 
 
 def __getattr__(name: str):
