@@ -31,7 +31,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)"
     )
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="sampler (default: the model's, DDPM)")
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
+        help="sampler (default: the model's, DDPM); ddpm and euler-ancestral add noise each step, ddim, dpm and "
+        "euler are deterministic given the seed",
+    )
     p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: the embedded model")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
