@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
 # duetgen/embedded/pipeline. The encoder (stages 1 and 2) takes about 45 minutes on 2 idle CPU cores, the generator
-# (stage 3) about 40 more. Every stage is resumable: rerun the script after a crash.
+# (stage 3) about 36 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
+# Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --
 # stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel,
 # cross-attention to the composed query's token states)
 python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/generator" --cache "$CACHE" \
-  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 1600 --resume
+  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 2400 --mixed-precision bf16 --resume
 python recipes/export_embedded.py "$RUN/generator/pipeline"
 duetgen index samples/gallery_photos --out samples/gallery --regions --rebuild --quiet  # the manifest names the encoder
 python benchmarks/bench_world_duet.py
