@@ -135,3 +135,29 @@ def test_region_matching_beats_global_with_embedded_model(tmp_path):
     # object in 91 % of the query's own scenes; sketch only, regions and global tie (0.277); the 0.8 target is not met
     assert out["sketch+words"]["map_regions"] > out["sketch+words"]["map_global"] + 0.02
     assert out["sketch+words"]["box_hit_own_scene"] >= 0.75
+
+
+def test_scene_ceiling_benchmark_crops_the_objects(tmp_path, encoder):
+    """bench_scene_ceiling.py: oracle crops are centred on each object at the asked fill; a tiny run reports."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scene_ceiling.py"
+    spec = importlib.util.spec_from_file_location("bench_scene_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    photo = torch.ones(3, 128, 128)
+    boxes = [(10, 20, 40, 35), (90, 100, 120, 128)]  # a wide box, and one touching the bottom edge
+    for x0, y0, x1, y1 in boxes:
+        photo[:, y0:y1, x0:x1] = 0
+    crops = bench.oracle_crops(photo, boxes, 0.5, 64)
+    assert crops.shape == (2, 3, 64, 64)
+    for crop in crops[:1]:
+        ink = (crop.mean(0) < 0.5).nonzero()
+        lo, hi = ink.amin(0).float(), ink.amax(0).float()
+        assert ((lo + hi) / 2 - 31.5).abs().max() <= 1  # centred on the box ...
+        assert abs((hi - lo)[1] + 1 - 32) <= 2  # ... whose long side is half the crop
+        assert abs((hi - lo)[0] + 1 - 16) <= 2  # (the short side keeps its aspect)
+    assert (crops[1].mean(0) < 0.5).float().mean() > 0.25  # replicate padding below the edge: still ink, no hole
+    encoder.save_pretrained(tmp_path / "enc")
+    out = bench.main(["--model", str(tmp_path / "enc"), "--scenes", "6", "--queries", "4", "--fills", "0.8"])
+    assert set(out["oracle"]) == {"sketch fill 0.8", "sketch+words fill 0.8"}
+    assert all(0 <= v <= 1 for v in out["oracle"].values()) and 0 <= out["single_object_same_shape_map"] <= 1
+    assert out["single_object_chance"] == pytest.approx(1 / len(world.SHAPES), abs=0.03)
