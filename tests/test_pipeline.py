@@ -444,3 +444,24 @@ def test_unet_jit_matches_eager(query_states):
     assert torch.allclose(traced, run(pipe, **kw).images, atol=1e-6) and len(pipe._unet_traces) == 2
     pipe.enable_unet_jit(False)
     assert pipe._unet_traces is None and torch.equal(run(pipe, **kw).images, eager)
+
+
+def test_generation_ab_benchmark_times_both_pipelines(tmp_path):
+    """benchmarks/bench_generation_ab.py: two saved pipelines, interleaved, medians and their ratio in the JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "bench_generation_ab", root / "benchmarks" / "bench_generation_ab.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, seed in (("a", 0), ("b", 1)):
+        tiny_pipeline(seed).save_pretrained(tmp_path / name)
+    sketch = root / "samples" / "sketches" / "heart.png"
+    out = bench.main([str(tmp_path / "a"), str(tmp_path / "b"), "--repeats", "2", "--steps", "2", "--threads", "1",
+                      "--sketch", str(sketch), "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert out["median_s_a"] > 0 and out["median_s_b"] > 0 and out["jit"]
+    assert out["ratio_a_over_b"] == pytest.approx(out["median_s_a"] / out["median_s_b"], rel=0.01)
+    assert json.loads((tmp_path / "r.json").read_text()) == out
