@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from duetgen.errors import run_script
 from duetgen.pipelines import load_pipeline
 
 
@@ -55,7 +56,8 @@ def _run(args) -> dict:
         return time.perf_counter() - t0
 
     for pipe in pipes.values():  # warm-up: tracing and first-call costs stay out of the medians
-        one(pipe, 0), one(pipe, 0)
+        for _ in range(2):
+            one(pipe, 0)
     times: dict[str, list[float]] = {"a": [], "b": []}
     for r in range(args.repeats):
         for key, pipe in pipes.items():
@@ -78,4 +80,4 @@ def _run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_generation_ab")

@@ -21,3 +21,18 @@ class WeightsUnavailableError(DuetgenError, OSError):
 
 class CheckpointError(DuetgenError, ValueError):
     """A checkpoint folder is missing, malformed, of the wrong kind, or unsafe to load."""
+
+
+def run_script(main, prog: str) -> None:
+    """Runs a recipe's or benchmark's ``main()``.
+
+    A :class:`DuetgenError` (bad model folder, missing weights, bad input) ends it with one line
+    ``PROG: error: ...`` on stderr and exit status 2, as argparse does, instead of a traceback.
+    """
+    import sys
+
+    try:
+        main()
+    except DuetgenError as err:
+        print(f"{prog}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        sys.exit(2)

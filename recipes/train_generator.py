@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import duetgen
 from duetgen import world
 from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
+from duetgen.errors import run_script
 from duetgen.generator import blank_sketch, count_parameters, drop_conditions, rec_loss, sketch_channel
 from duetgen.pipelines import DuetGenPipeline
 
@@ -374,8 +374,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except duetgen.DuetgenError as err:  # a bad --encoder / --cache: one line, not a traceback
-        print(f"train_generator: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "train_generator")

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 import duetgen
 from duetgen.atomic import load_training_state, save_training_state
 from duetgen.duet_losses import DuetLossConfig, duet_losses
+from duetgen.errors import run_script
 from duetgen.zs_sbir import (
     DATASETS,
     ClassBalancedBatches,
@@ -286,8 +286,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except duetgen.DuetgenError as err:
-        print(f"train_sbir: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "train_sbir")

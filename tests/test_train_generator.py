@@ -191,3 +191,12 @@ def test_bf16_mixed_precision_autocasts_the_unet(encoder_dir, tmp_path):
     assert abs(losses["no"] - losses["bf16"]) < 0.05 * losses["no"]  # ... on the same batch, noise and timesteps
     pipe = load_pipeline(tmp_path / "bf16" / "pipeline")
     assert pipe.unet.dtype == torch.float32 and torch.isfinite(pipe.unet.conv_in.weight).all()
+
+
+def test_a_missing_encoder_is_one_line_not_a_traceback(tmp_path):
+    """The recipe's run_script wrapper: a DuetgenError from deep inside main() is one stderr line and exit 2."""
+    run = subprocess.run([sys.executable, str(RECIPE), "--out", str(tmp_path / "o"), "--encoder", str(tmp_path / "no"),
+                          "--steps", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("train_generator: error: model ")
+    assert "Traceback" not in run.stderr

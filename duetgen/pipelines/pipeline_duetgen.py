@@ -642,8 +642,8 @@ def make_scheduler(name: str, config: dict, **overrides):
         **overrides: config entries to replace (``timestep_spacing="leading"``); they win over the rule below.
 
     DDIM with the "leading" timestep spacing (diffusers' default, and duetgen's training scheduler) starts at
-    t = 960 of 1000 at 25 steps, not at 999, and with x0 clipping it drifts off the requested image (measured on the
-    shipped generator: colour 0.62, domain 0.50 against DDPM's 1.00 / 1.00 on 8 held-out requests). So DDIM gets
+    t = 960 of 1000 at 25 steps, not at 999, and with x0 clipping it drifts off the requested image (shipped
+    generator, 8 held-out requests: colour 0.75, domain 0.38, IoU 0.39; trailing: 0.88, 1.00, 0.67). So DDIM gets
     "trailing" spacing from such a config (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
     flawed"), unless ``overrides`` name a spacing.
 
@@ -652,7 +652,7 @@ def make_scheduler(name: str, config: dict, **overrides):
     """
     import diffusers
 
-    cls_name = SCHEDULERS.get(name.lower(), name) if isinstance(name, str) else name
+    cls_name = SCHEDULERS.get(str(name).lower(), name)
     if cls_name not in SCHEDULERS.values():
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     spacing = dict(config).get("timestep_spacing", "leading")
