@@ -11,25 +11,27 @@ photos are rendered into ``OUT/inputs/``. The gallery is ``--gallery`` (a folder
 the same encoder) or, by default, a small world gallery built once per encoder in a cache folder
 (``$DUETGEN_CACHE`` or ``~/.cache/duetgen``).
 
-How a photo enters (``--photo-route``):
+How a photo enters (``--photo-route``, both measured in ``recipes/README.md``):
 
-* ``embed`` (the default): ``q = encoder.encode_query(sketch_embeds=encoder.encode_image(photo), words=[phrase])``:
-  the photo goes through the visual encoder and the pseudo-word mapper C_v2w exactly as a sketch would. The photo
-  embedding carries the instance's shape and pose far more precisely than an outline re-drawn from it, and it also
-  carries the source's other attributes, which an attribute *transfer* should keep. Its weakness: C_v2w was trained
-  on sketch embeddings, and the source's own attributes compete with the phrase.
-* ``sketch``: an outline is extracted from the photo (background colour interpolated between the left and right
-  edge of each row, colour distance thresholded with Otsu, opened, closed, holes filled, its boundary drawn as a
-  stroke), and the photo is then treated exactly as that sketch: ``q = encoder.encode_query(outline, [phrase])``.
-  The source's colour, pattern and domain are dropped, so the phrase meets no competition, but so is every
-  attribute the phrase does not name, and the outline is a noisier carrier of the pose.
+* ``sketch`` (the default): an outline is extracted from the photo (:func:`duetgen.transfer.photo_silhouette`:
+  background colour interpolated between the left and right edge of each row, colour distance thresholded with Otsu,
+  opened, closed, holes filled, its boundary drawn as a stroke) and composes with the words as a drawn sketch would:
+  ``q = encoder.encode_query(outline, [words])``.
+* ``embed``: the photo goes through the visual encoder and the pseudo-word mapper C_v2w in the sketch's place:
+  ``q = encoder.encode_query(sketch_embeds=encoder.encode_image(photo), words=[words])``. C_v2w was trained on
+  sketch embeddings, and the generator never saw a photo there: given "at night" alone it drew colourless, speckled
+  objects.
 
-Measured on the world (``--evaluate``, 96 sources, table in ``recipes/README.md``), ``embed`` keeps the shape and
-pose three times as often in retrieval (0.24 vs 0.07) and keeps the unchanged attributes (0.61 vs 0.23) at almost
-the same attribute success (0.80 vs 0.84), so it is the default.
+The words (``--complete``, on by default for photos): a phrase names only what changes, so the recipe completes it
+with what the photo keeps. The encoder reads the photo's colour, pattern and domain zero-shot
+(:func:`duetgen.transfer.read_attributes`) and the phrase overrides what it names: "at night" on a photo read as
+"solid green in a photo" becomes "solid green at night" (:func:`duetgen.transfer.complete_words`; a phrase with words
+outside the world vocabulary is used as typed). That is the query the duet stage and the generator were trained on,
+and against the bare phrase it keeps the source's pose in retrieval three times as often and the unchanged attributes
+in generation 0.78 of the time instead of 0.28. ``--no-complete`` uses the phrase alone.
 
 Either way the generator's sketch channel receives the extracted outline, so the generated object keeps the photo's
-pose; a sketch input is used as its own sketch channel.
+pose; a sketch input is used as its own sketch channel, with the phrase as typed (a sketch has no colour to keep).
 
 ``--evaluate`` measures attribute transfer on held-out world items (world seed 888_000+, disjoint from training
 (< 10_000), the evaluator (555_000+), the generation benchmark (777_000+) and the twin benchmark (987_654)): source
@@ -66,12 +68,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from duetgen import load_sketch, world
 from duetgen.errors import DuetgenError, WeightsUnavailableError
 from duetgen.gallery import Gallery
 from duetgen.pipelines import load_pipeline
+from duetgen.transfer import outline_sketch, photo_silhouette, photo_tensor, transfer_query
 
 logger = logging.getLogger("attribute_transfer")
 
@@ -92,7 +95,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sketches", nargs="*", default=[], help="sketch files")
     p.add_argument("--photos", nargs="*", default=[], help="photo files")
     p.add_argument("--phrases", nargs="+", default=list(DEFAULT_PHRASES), help="attribute phrases")
-    p.add_argument("--photo-route", choices=("embed", "sketch"), default="embed", help="how a photo makes the query")
+    p.add_argument(
+        "--photo-route", choices=("sketch", "embed"), default="sketch",
+        help="how a photo makes the pseudo-word: its extracted outline (sketch) or its image embedding",
+    )  # fmt: skip
+    p.add_argument(
+        "--complete", action=argparse.BooleanOptionalAction, default=True,
+        help="complete each phrase with the photo's own attributes, read zero-shot (photos only)",
+    )  # fmt: skip
     p.add_argument("--gallery", default=None, help="gallery folder (default: a world gallery in the cache)")
     p.add_argument("--gallery-size", type=int, default=256, help="photos in the default world gallery")
     p.add_argument("--cache", default=None, help="cache folder (default: $DUETGEN_CACHE or ~/.cache/duetgen)")
@@ -115,67 +125,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(not ph.strip() for ph in args.phrases):
         p.error("--phrases must not contain empty phrases")
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# photo -> outline sketch
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _morph(mask: np.ndarray, size: int, op: str) -> np.ndarray:
-    """Binary dilation / erosion of a bool (H, W) mask with a square of side ``size`` (odd)."""
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    filt = ImageFilter.MaxFilter(size) if op == "dilate" else ImageFilter.MinFilter(size)
-    return np.asarray(img.filter(filt)) > 127
-
-
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
-    hist, edges = np.histogram(values, bins=bins)
-    p = hist / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(p)
-    m = np.cumsum(p * centres)
-    between = (m[-1] * w0 - m) ** 2 / np.maximum(w0 * (1 - w0), 1e-9)
-    return float(centres[int(np.argmax(between))])
-
-
-def photo_silhouette(photo: Image.Image, work: int = 96) -> np.ndarray:
-    """The foreground object of a photo on a smooth background: bool (work, work).
-
-    The background colour of each row is interpolated between the median colours of its left and right edge strips
-    (uniform, gradient, banded and starry backdrops all fit); pixels far from it (Otsu threshold on the colour
-    distance, at least 25 of 255) are foreground. Opening drops specks (stars), closing bridges pattern gaps, holes
-    are filled by flooding the background from the border.
-    """
-    img = photo.convert("RGB").resize((work, work), Image.BILINEAR).filter(ImageFilter.GaussianBlur(0.7))
-    a = np.asarray(img, dtype=np.float32)  # (H, W, 3)
-    strip = max(2, work // 24)
-    left, right = np.median(a[:, :strip], axis=1), np.median(a[:, -strip:], axis=1)  # (H, 3) each
-    t = np.linspace(0, 1, work, dtype=np.float32)[None, :, None]
-    background = left[:, None] * (1 - t) + right[:, None] * t  # (H, W, 3)
-    dist = np.linalg.norm(a - background, axis=-1)  # (H, W)
-    mask = dist > max(_otsu(dist), 25.0)
-    mask = _morph(_morph(mask, 3, "erode"), 3, "dilate")
-    mask = _morph(_morph(mask, 5, "dilate"), 5, "erode")
-    fill = Image.fromarray(np.pad(mask, 1).astype(np.uint8) * 255).copy()
-    ImageDraw.floodfill(fill, (0, 0), 128)
-    return np.asarray(fill)[1:-1, 1:-1] != 128
-
-
-def outline_sketch(mask: np.ndarray, size: int, width: float = 0.028) -> torch.Tensor:
-    """The boundary of a silhouette drawn as a black stroke on white: (3, size, size) in [0, 1] (a blank page if the
-    mask is empty)."""
-    s = size * 4
-    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((s, s), Image.BILINEAR)) > 127
-    k = max(3, int(round(width * s)) | 1)
-    edge = m & ~_morph(m, k, "erode")
-    grey = np.asarray(Image.fromarray(np.where(edge, 0, 255).astype(np.uint8)).reduce(4), dtype=np.float32) / 255
-    return torch.from_numpy(grey)[None].repeat(3, 1, 1)
-
-
-def photo_tensor(photo: Image.Image) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.asarray(photo.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,16 +151,42 @@ def prepare_input(kind: str, source, pipe, route: str) -> dict:
 
 
 @torch.no_grad()
-def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composed queries (B, D) and their token states (B, L, Wt), one per (input, phrase) pair in the same order as
-    ``inputs``/``phrases``: the queries search the gallery, both condition the generator."""
-    embeds = []
-    for item in inputs:
-        if item["kind"] == "photo" and route == "embed":
-            embeds.append(encoder.encode_image(item["photo"][None]))  # V(photo) (1, D)
-        else:
-            embeds.append(encoder.encode_sketch(item["sketch"][None]))  # V(outline or sketch) (1, D)
-    return encoder.encode_query(sketch_embeds=torch.cat(embeds), words=list(phrases), return_states=True)
+def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str, complete: bool = True) -> dict:
+    """One composed query per (input, phrase) pair, in the order of ``inputs``/``phrases``.
+
+    Photos go through :func:`duetgen.transfer.transfer_query` (their outline or image embedding, the phrase completed
+    with their own attributes unless ``complete`` is off); sketches compose with the phrase as typed.
+
+    Returns:
+        ``{"query": (B, D), "states": (B, L, Wt), "words": the words composed per pair, "read": the attributes read
+        from each photo (None for sketches)}``; the queries search the gallery, queries and states condition the
+        generator.
+    """
+    rows = {"photo": [], "sketch": []}
+    for i, item in enumerate(inputs):
+        rows[item["kind"]].append(i)
+    n = len(inputs)
+    words: list[str] = list(phrases)
+    read: list = [None] * n
+    parts = []
+    if rows["photo"]:
+        idx = rows["photo"]
+        size = inputs[idx[0]]["sketch"].shape[-1]
+        tq = transfer_query(encoder, [inputs[i]["display"] for i in idx], [phrases[i] for i in idx], size=size,
+                            complete=complete, route=route)  # fmt: skip
+        parts.append((idx, tq.query, tq.states))
+        for k, i in enumerate(idx):
+            words[i], read[i] = tq.words[k], tq.read[k]
+    if rows["sketch"]:
+        idx = rows["sketch"]
+        q, h = encoder.encode_query(torch.stack([inputs[i]["sketch"] for i in idx]), [phrases[i] for i in idx],
+                                    return_states=True)  # fmt: skip
+        parts.append((idx, q, h))
+    query = torch.empty(n, parts[0][1].shape[-1])
+    states = torch.empty(n, *parts[0][2].shape[1:])
+    for idx, q, h in parts:
+        query[idx], states[idx] = q.float(), h.float()
+    return {"query": query, "states": states, "words": words, "read": read}
 
 
 def generate(
@@ -350,24 +325,28 @@ def run(args) -> dict:
     else:
         gallery = world_gallery(encoder, args, args.model or "embedded")
     pairs = [(item, phrase) for item in inputs for phrase in args.phrases]
-    queries, states = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route)
-    hits = gallery.search(queries, k=min(args.k, len(gallery)))
+    composed = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route, args.complete)
+    hits = gallery.search(composed["query"], k=min(args.k, len(gallery)))
     seeds = [args.seed + i for i in range(len(pairs))]
     sketch_in = torch.stack([p[0]["sketch"] for p in pairs])
-    images = generate(pipe, sketch_in, queries, states, seeds, args)
+    images = generate(pipe, sketch_in, composed["query"], composed["states"], seeds, args)
     (out / "generated").mkdir(exist_ok=True)
     records, rows = [], []
     for i, ((item, phrase), res, image) in enumerate(zip(pairs, hits, images, strict=True)):
         gen_path = out / "generated" / f"{i:04d}.png"
         to_pil(image).save(gen_path)
-        records.append({"input": str(item["source"]), "kind": item["kind"], "phrase": phrase, "seed": seeds[i],
+        read = composed["read"][i]
+        records.append({"input": str(item["source"]), "kind": item["kind"], "phrase": phrase,
+                        "words": composed["words"][i], "read": read.to_dict() if read else None, "seed": seeds[i],
                         "route": args.photo_route if item["kind"] == "photo" else "sketch",
                         "retrieved": [r.to_dict() for r in res], "generated": str(gen_path)})  # fmt: skip
-        rows.append({"input": item["display"], "phrase": phrase, "note": item["kind"], "inset": item.get("inset"),
+        note = item["kind"] if composed["words"][i] == phrase else f'{item["kind"]}: "{composed["words"][i]}"'
+        rows.append({"input": item["display"], "phrase": phrase, "note": note, "inset": item.get("inset"),
                      "retrieved": [Image.open(r.path) for r in res], "generated": to_pil(image)})  # fmt: skip
     contact_sheet(out / "sheet.png", rows, args.k)
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
-              "guidance": args.guidance, "photo_route": args.photo_route, "pairs": records, "failed_inputs": failed,
+              "guidance": args.guidance, "photo_route": args.photo_route, "complete": args.complete,
+              "pairs": records, "failed_inputs": failed,
               "sheet": str(out / "sheet.png")}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(f"{len(records)} pairs ({len(inputs)} inputs x {len(args.phrases)} phrases) -> {out / 'sheet.png'}, "
@@ -471,7 +450,8 @@ def evaluate(args) -> dict:
     inputs = [prepare_input(args.eval_input, Image.fromarray(s["photo"]) if args.eval_input == "photo"
                             else Image.fromarray(s["sketch"]), pipe, args.photo_route) for s in sources]  # fmt: skip
     phrases = [s["phrase"] for s in sources]
-    queries, states = compose_queries(encoder, inputs, phrases, args.photo_route)
+    composed = compose_queries(encoder, inputs, phrases, args.photo_route, args.complete)
+    queries, states = composed["query"], composed["states"]
     hits = gallery.search(queries, k=min(max(args.k, 5), len(gallery)))
     top = [Image.open(h[0].path).convert("RGB") for h in hits]
     rank_of_target = []
@@ -497,10 +477,16 @@ def evaluate(args) -> dict:
 
     result = {"model": args.model or "embedded", "evaluator": args.evaluator or "embedded", "n": args.n,
               "world_seed": EVAL_SEED, "eval_input": args.eval_input,
-              "photo_route": args.photo_route if args.eval_input == "photo" else "sketch", "steps": args.steps,
+              "photo_route": args.photo_route if args.eval_input == "photo" else "sketch",
+              "complete": args.complete and args.eval_input == "photo", "steps": args.steps,
               "guidance": args.guidance, "gallery_size": len(gallery), "targets": TARGETS,
               "retrieval": summarise(scores["retrieval"]), "generation": summarise(scores["generation"]),
               "real_photo_ceiling": summarise(ceiling), "lpips": lp}  # fmt: skip
+    read = [(r, s) for r, s in zip(composed["read"], sources, strict=True) if r is not None]
+    if read:  # how well the encoder read the sources' own attributes (zero-shot)
+        result["read_accuracy"] = {
+            k: round(float(np.mean([getattr(r, k) == getattr(s["source"], k) for r, s in read])), 4) for k in KINDS
+        }
     rt = np.array(rank_of_target)
     result["retrieval"].update({"target_at_1": round(float(np.mean(rt <= 1)), 4),
                                 "target_at_5": round(float(np.mean(rt <= 5)), 4)})  # fmt: skip
@@ -508,7 +494,7 @@ def evaluate(args) -> dict:
         result[name]["per_kind"] = {k: {m: round(float(np.mean([scores[name][m][i] for i, s in enumerate(sources)
                                                                   if s["kind"] == k])), 4)
                                         for m in ("attribute", "shape_kept", "success")} for k in KINDS}  # fmt: skip
-    result["items"] = [{"index": s["index"], "kind": s["kind"], "phrase": s["phrase"],
+    result["items"] = [{"index": s["index"], "kind": s["kind"], "phrase": s["phrase"], "words": composed["words"][i],
                         "source": s["source"].to_dict(), "target": s["target"].to_dict(),
                         "shape": s["instance"].shape, "seed": seeds[i],
                         "top_retrieved": Path(hits[i][0].path).name, "target_rank": None if math.isinf(rt[i])
@@ -520,8 +506,11 @@ def evaluate(args) -> dict:
 
     rows = []
     for i, s in enumerate(sources[: args.sheet_rows]):
+        change = f"{s['kind']}: {getattr(s['source'], s['kind'])} -> {getattr(s['target'], s['kind'])}"
+        if composed["words"][i] != s["phrase"]:
+            change += f'; "{composed["words"][i]}"'
         rows.append({"input": inputs[i]["display"], "phrase": s["phrase"], "inset": inputs[i].get("inset"),
-                     "note": f"{s['kind']}: {getattr(s['source'], s['kind'])} -> {getattr(s['target'], s['kind'])}",
+                     "note": change,
                      "retrieved": [Image.open(r.path) for r in hits[i][: args.k]], "generated": to_pil(images[i]),
                      "ok": {"retrieval": bool(scores["retrieval"]["success"][i]),
                             "generation": bool(scores["generation"]["success"][i])}})  # fmt: skip
@@ -533,7 +522,8 @@ def evaluate(args) -> dict:
 
 def markdown_table(r: dict) -> str:
     inputs = "sketches" if r["eval_input"] == "sketch" else "photos"
-    lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}, "
+    words = ", phrases completed" if r.get("complete") else ""
+    lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}{words}, "
              f"{r['steps']} steps, guidance {r['guidance']}, gallery {r['gallery_size']} photos)",
              "| output | attribute success | shape kept (shape + IoU >= 0.5) | both | other attrs kept | mean IoU |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -544,6 +534,10 @@ def markdown_table(r: dict) -> str:
     lines.append(f"targets: attribute success >= {TARGETS['attribute']}, shape kept >= {TARGETS['shape_kept']}; "
                  f"retrieval finds the exact target photo at 1: {r['retrieval']['target_at_1']:.3f}, "
                  f"at 5: {r['retrieval']['target_at_5']:.3f}")  # fmt: skip
+    if "read_accuracy" in r:
+        acc = r["read_accuracy"]
+        read = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        lines.append(f"the sources' own attributes read zero-shot: {read}")
     lp = r["lpips"]
     if lp["available"]:
         lines.append(f"LPIPS(source, result): retrieval {lp['retrieval']}, generation {lp['generation']}")

@@ -22,7 +22,7 @@ from conftest import make_tiny_pipeline
 from PIL import Image
 
 from duetgen import world
-from duetgen.evaluator import EVALUATOR_DIR, WorldEvaluator, instance_mask, mask_iou
+from duetgen.evaluator import EVALUATOR_DIR, WorldEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -85,23 +85,6 @@ def world_inputs(tmp_path_factory) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_photo_outline_follows_the_object():
-    """The outline a photo enters through matches the object's true silhouette across all four domains."""
-    at = load_recipe("attribute_transfer")
-    ious = []
-    for i in range(24):
-        rng = np.random.default_rng([424_243, i])
-        inst = world.sample_instance(rng)
-        attrs = world.Attributes(tuple(world.COLOURS)[i % 8], world.PATTERNS[i % 4], world.DOMAINS[(i // 2) % 4])
-        mask = at.photo_silhouette(Image.fromarray(world.render_photo(inst, attrs, 64, seed=i)))
-        m64 = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((64, 64), Image.BILINEAR)) > 127
-        ious.append(float(mask_iou(m64, instance_mask(inst, 64))))
-    assert np.mean(ious) > 0.75 and min(ious) > 0.4, ious
-    outline = at.outline_sketch(mask, 64)
-    assert outline.shape == (3, 64, 64) and 0 <= outline.min() < 0.5 and outline.max() == 1.0
-    assert (outline < 0.5).float().mean() < 0.2  # a stroke, not a filled blob
-
-
 def test_attribute_transfer_end_to_end(tiny_pipe_dir, world_inputs, tmp_path):
     at = load_recipe("attribute_transfer")
     phrases = ["in pixel art", "with stripes"]
@@ -122,6 +105,14 @@ def test_attribute_transfer_end_to_end(tiny_pipe_dir, world_inputs, tmp_path):
         assert pair["retrieved"][0]["score"] >= pair["retrieved"][1]["score"]
         assert Image.open(pair["generated"]).size == (32, 32)
     assert [p["kind"] for p in res["pairs"]] == ["sketch"] * 4 + ["photo"] * 2
+    # a sketch composes with the phrase as typed; a photo's phrase is completed with the attributes read from it
+    for pair in res["pairs"]:
+        if pair["kind"] == "sketch":
+            assert pair["words"] == pair["phrase"] and pair["read"] is None
+        else:
+            read = world.Attributes.from_dict(pair["read"])
+            named = {"in pixel art": {"domain": "pixel art"}, "with stripes": {"pattern": "stripes"}}[pair["phrase"]]
+            assert pair["words"] == world.words(world.Attributes(**{**read.to_dict(), **named}))
     # the phrase enters the query: the same input with two phrases ranks the gallery differently
     scores = [[r["score"] for r in p["retrieved"]] for p in res["pairs"][:2]]
     assert scores[0] != scores[1]
@@ -162,16 +153,22 @@ def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir,
 @needs_pipeline
 @needs_evaluator
 def test_attribute_transfer_with_the_shipped_model(tmp_path):
-    """With the embedded model, retrieval carries the new attribute and finds the source instance far above chance.
+    """With the embedded model, a photo's transfer keeps its pose and its other attributes: retrieval finds the exact
+    target (the source's pose with the new attribute and the old others) and generation keeps what was not named.
 
-    Floors sit below the figures measured at 96 sources (recipes/README.md) and far above chance (attribute: 1/8 to
-    1/4; the exact target among 4 * 24 photos in the top 5: 5 %); the generation figures are reported, not gated.
+    Measured at 96 sources (recipes/README.md): retrieval attribute 0.90, exact target in the top 5 0.99, others kept
+    0.93; generation others kept 0.78. With the bare phrase (``--no-complete``) they were 0.84, 0.43, 0.45 and 0.28:
+    the floors below sit between the two, far above chance (attribute: 1/8 to 1/4; the target among 4 * 24 photos in
+    the top 5: 5 %).
     """
     at = load_recipe("attribute_transfer")
     res = at.main(["--evaluate", "--n", "24", "--steps", "10", "--out", str(tmp_path / "ev")])
     assert res["real_photo_ceiling"]["success"] >= 0.85  # the evaluator reads real target photos right
-    assert res["retrieval"]["attribute"] >= 0.6, res["retrieval"]
-    assert res["retrieval"]["target_at_5"] >= 0.3 and res["retrieval"]["others_kept"] >= 0.4, res["retrieval"]
+    assert res["complete"] and res["photo_route"] == "sketch"
+    assert res["read_accuracy"]["colour"] >= 0.85 and res["read_accuracy"]["domain"] >= 0.85, res["read_accuracy"]
+    assert res["retrieval"]["attribute"] >= 0.7, res["retrieval"]
+    assert res["retrieval"]["target_at_5"] >= 0.75 and res["retrieval"]["others_kept"] >= 0.75, res["retrieval"]
+    assert res["generation"]["others_kept"] >= 0.55, res["generation"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
