@@ -373,7 +373,7 @@ with tab_generate:
 with tab_transfer:
     st.caption(
         "Keep an object's shape and pose, change what words describe. A sketch composes with the new words directly; "
-        "a photo enters through the image encoder (its embedding takes the sketch's place in the query)."
+        "a photo enters as its outline, and the words are completed with the attributes the photo keeps."
     )
     t = st.columns([1.3, 1, 1.3])
     origin = t[0].radio("Start from", ["Shipped sample", "Upload"], horizontal=True, key="transfer_origin")
@@ -402,8 +402,9 @@ with tab_transfer:
                 preview = core.read_photo(raw, raw_name)
                 as_photo = read_as == "Photo" or core.looks_like_photo(preview)
             if as_photo:
-                query, states = core.photo_query(models.encoder, preview, new_words, return_states=True)
-                src_sketch = None
+                size = max(models.encoder.image_size, models.pipe.sample_size if models.pipe else 0)
+                tq = core.photo_query(models.encoder, preview, new_words, sketch_size=size)
+                query, states, src_sketch, composed = tq.query, tq.states, tq.sketches[0], tq.words[0]
             else:
                 src_sketch = core.read_sketch_source(raw, models, raw_name)
                 query, states = core.compose_query(
@@ -412,8 +413,9 @@ with tab_transfer:
                 from torchvision.transforms.functional import to_pil_image
 
                 preview = to_pil_image(src_sketch)
+                composed = new_words.strip()
             out = {"source": core.png_bytes(core.display(preview, 192)), "as": "photo" if as_photo else "sketch",
-                   "hits": [], "generated": []}  # fmt: skip
+                   "words": composed, "hits": [], "generated": []}  # fmt: skip
             if gallery is not None:
                 hits = core.search(gallery, query, 4)
                 out["hits"] = [(core.png_bytes(core.display(core.result_image(h.path, image_roots)
@@ -434,7 +436,10 @@ with tab_transfer:
         a, b, c = st.columns([1, 2, 2], gap="medium")
         a.markdown(f"**Source** (read as {res['as']})")
         a.image(res["source"], width="stretch")
-        b.markdown(f"**Retrieved** · “{new_words}”")
+        b.markdown(f"**Retrieved** · “{res['words']}”")
+        if res["as"] == "photo" and res["words"] != new_words.strip():
+            b.caption("The new words completed with what the photo keeps (its colour, pattern and style, read by the "
+                      "encoder); the photo's outline keeps the pose.")  # fmt: skip
         if res["hits"]:
             bc = b.columns(2)
             for i, (png, cap) in enumerate(res["hits"]):

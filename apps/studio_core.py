@@ -370,13 +370,17 @@ def read_photo(source: bytes | str | os.PathLike, name: str = "photo") -> Image.
     return photo
 
 
-def photo_tensor(photo: Image.Image, size: int) -> torch.Tensor:
-    """RGB photo -> (3, size, size) in [0, 1] (centre-padded to a square with white, then resized)."""
+def square_photo(photo: Image.Image) -> Image.Image:
+    """The photo centre-padded to a square with the median colour of its border, so the padding reads as
+    background (the outline extraction and the attribute reading both see a square image)."""
+    if photo.width == photo.height:
+        return photo
+    a = np.asarray(photo.convert("RGB"))
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])  # (N, 3)
     side = max(photo.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square = Image.new("RGB", (side, side), tuple(int(v) for v in np.median(border, axis=0)))
     square.paste(photo, ((side - photo.width) // 2, (side - photo.height) // 2))
-    square = square.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return square
 
 
 def looks_like_photo(image: Image.Image) -> bool:
@@ -417,14 +421,16 @@ def compose_query(
         )
 
 
-def photo_query(encoder, photo: Image.Image, words: str | None, return_states: bool = False):
-    """Attribute transfer from a photo: its image embedding takes the sketch's place as the pseudo-word, then the new
-    words compose with it (1, D); with ``return_states`` also its token states (1, L, Wt) for the generator."""
-    words = (words or "").strip() or None
+def photo_query(encoder, photo: Image.Image, words: str | None, sketch_size: int | None = None):
+    """Attribute transfer from a photo (:func:`duetgen.transfer.transfer_query`): the photo's outline stands for the
+    object and the new words are completed with the photo's own attributes, read zero-shot ("at night" on a solid
+    green photo composes "solid green at night"). Returns the :class:`~duetgen.transfer.TransferQuery` of one pair:
+    ``query`` (1, D), ``states`` (1, L, Wt), ``sketches`` (1, 3, S, S) (the generator's sketch channel, side
+    ``sketch_size``), ``words`` and ``read``."""
+    from duetgen.transfer import transfer_query
+
     with torch.inference_mode():
-        embeds = encoder.encode_image(photo_tensor(photo, encoder.image_size)[None])  # (1, D)
-        words_list = [words] if words else None
-        return encoder.encode_query(sketch_embeds=embeds, words=words_list, return_states=return_states)
+        return transfer_query(encoder, [square_photo(photo)], [(words or "").strip()], size=sketch_size)
 
 
 def search(gallery: Gallery, query: torch.Tensor, k: int, regions: bool = False) -> list[SearchResult]:

@@ -161,6 +161,8 @@ def test_attribute_transfer_photo_and_sketch(app):
         transfer = tab(app, "Attribute transfer")
         md = " ".join(m.value for m in transfer.markdown)
         assert f"read as {read_as}" in md and "Retrieved" in md and "Generated" in md
+        # a sketch composes the words as typed; a photo's words are completed with the style read from it
+        assert ("“green with checks”" in md) == (read_as == "sketch") and "“green with checks" in md, md
         captions = [c for im in transfer.image for c in im.captions]
         assert sum(c.startswith("#") for c in captions) == 4  # retrieved
         assert sum(c.startswith("seed") for c in captions) == 2  # generated

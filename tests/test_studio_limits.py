@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from duetgen import world
 from duetgen.cli import main
 from duetgen.errors import DuetgenInputError
 
@@ -279,3 +280,14 @@ def test_studio_command_upload_limit(capsys, monkeypatch, tmp_path):
     assert main(["studio", "--dry-run", "--allow-dir", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert os.environ.get("DUETGEN_STUDIO_MAX_UPLOAD_MB") == "3"  # the command does not change this process
+
+
+def test_photo_query_squares_the_photo_and_completes_the_words(tiny_encoder):
+    wide = Image.new("RGB", (60, 30), (20, 30, 90))
+    wide.paste((250, 200, 0), (25, 10, 35, 20))
+    sq = core.square_photo(wide)
+    assert sq.size == (60, 60) and sq.getpixel((0, 0)) == (20, 30, 90)  # padded with the border colour
+    assert sq.getpixel((30, 30)) == (250, 200, 0) and core.square_photo(sq) is sq
+    tq = core.photo_query(tiny_encoder, wide, "  at night ", sketch_size=48)
+    assert tq.sketches.shape == (1, 3, 48, 48) and tq.query.shape == (1, tiny_encoder.embed_dim)
+    assert tq.words == [world.words(world.Attributes(**{**tq.read[0].to_dict(), "domain": "night"}))]
