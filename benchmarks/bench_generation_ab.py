@@ -7,6 +7,7 @@ seeds, traced UNets, 2 threads), and the ratio of their medians is the figure to
 
     python benchmarks/bench_generation_ab.py runs/gen_w32/pipeline            # against the embedded generator
     python benchmarks/bench_generation_ab.py A_DIR B_DIR --repeats 11 [--eager]
+    python benchmarks/bench_generation_ab.py embedded --a-unet-dtype bfloat16   # one generator, two UNet dtypes
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from duetgen.pipelines import load_pipeline
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("a", help="pipeline folder A")
+    p.add_argument("a", help="pipeline folder A ('embedded': the embedded generator)")
     p.add_argument("b", nargs="?", default=None, help="pipeline folder B (default: the embedded generator)")
+    for side in ("a", "b"):
+        p.add_argument(f"--{side}-unet-dtype", choices=("float32", "bfloat16"), default="float32",
+                       help=f"dtype of pipeline {side.upper()}'s UNet (load_pipeline(unet_dtype=...))")  # fmt: skip
     p.add_argument("--repeats", type=int, default=11, help="images per pipeline (median reported)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sketch", default="samples/sketches/heart.png")
@@ -43,7 +47,13 @@ def main(argv=None) -> dict:
 
 
 def _run(args) -> dict:
-    pipes = {"a": load_pipeline(args.a), "b": load_pipeline(args.b)}
+    def folder(path):
+        return None if path in (None, "embedded") else path
+
+    pipes = {}
+    for side in ("a", "b"):
+        dtype = getattr(torch, getattr(args, f"{side}_unet_dtype"))
+        pipes[side] = load_pipeline(folder(getattr(args, side)), unet_dtype=dtype)
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
         if not args.eager:
@@ -66,12 +76,15 @@ def _run(args) -> dict:
         "a": args.a,
         "b": args.b or "embedded",
         "jit": not args.eager,
+        "unet_dtype_a": args.a_unet_dtype,
+        "unet_dtype_b": args.b_unet_dtype,
         "median_s_a": round(statistics.median(times["a"]), 4),
         "median_s_b": round(statistics.median(times["b"]), 4),
     }
     res["ratio_a_over_b"] = round(res["median_s_a"] / res["median_s_b"], 3)
     mode = "traced" if res["jit"] else "eager"
-    print(f"A {res['a']}: {res['median_s_a']:.3f} s/image; B {res['b']}: {res['median_s_b']:.3f} s/image; "
+    print(f"A {res['a']} ({args.a_unet_dtype}): {res['median_s_a']:.3f} s/image; "
+          f"B {res['b']} ({args.b_unet_dtype}): {res['median_s_b']:.3f} s/image; "
           f"A/B {res['ratio_a_over_b']:.2f}x ({mode}, median of {args.repeats})")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:

@@ -73,7 +73,7 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
         raise SystemExit(
             f"cannot import duetgen.pipelines.load_pipeline ({err}); run with --real-photos to score real renders"
         ) from err
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, unet_dtype=getattr(torch, args.unet_dtype))
     if args.scheduler is not None or args.timestep_spacing is not None:
         from duetgen.pipelines import make_scheduler
 
@@ -160,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
+    p.add_argument("--unet-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the UNet (load_pipeline(unet_dtype=...))")  # fmt: skip
     p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim", "dpm", "euler", "euler-ancestral"),
                    help="sampler (default: the pipeline's)")  # fmt: skip
     p.add_argument("--timestep-spacing", default=None, choices=("leading", "trailing", "linspace"),
@@ -211,6 +213,7 @@ def main(argv=None) -> dict:
         "guidance_interval": None if args.real_photos else (args.guidance_interval or "pipeline default"),
         "scheduler": None if args.real_photos else (args.scheduler or "pipeline default"),
         "timestep_spacing": None if args.real_photos else (args.timestep_spacing or "pipeline default"),
+        "unet_dtype": None if args.real_photos else args.unet_dtype,
         "world_seed": args.world_seed,
         "seed": args.seed,
         "metrics": summary,

@@ -41,6 +41,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: the embedded model")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
+        "--unet-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype of the UNet alone (default float32); bfloat16 is about 1.2x faster per image on CPUs with native "
+        "bfloat16 (AVX512-BF16, AMX) at the same fidelity, slower on others",
+    )
+    p.add_argument(
         "--jit",
         action="store_true",
         help="CPU: run the UNet as a frozen TorchScript trace (1.2x faster per image after about 1 s of tracing "
@@ -79,7 +86,7 @@ def _generate(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         raise DuetgenInputError(f"--device {args.device!r} is not a torch device ({err})") from err
 
-    pipe = load_pipeline(args.model, device=device)
+    pipe = load_pipeline(args.model, device=device, unet_dtype=getattr(torch, args.unet_dtype))
     if args.scheduler is not None:
         from .pipelines import make_scheduler
 

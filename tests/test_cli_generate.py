@@ -98,6 +98,18 @@ def test_jit_traces_the_unet_and_draws_the_same_image(model_dir, sketch_file, tm
     assert np.abs(a - b).max() <= 1  # float rounding at most
 
 
+def test_unet_dtype_bfloat16(model_dir, sketch_file, tmp_path, monkeypatch):
+    dtypes = []  # the UNet dtype of every pipeline the CLI loaded
+    load = duetgen.pipelines.load_pipeline
+    monkeypatch.setattr(duetgen.pipelines, "load_pipeline", lambda *a, **k: dtypes.append(k) or load(*a, **k))
+    common = ["generate", "--sketch", str(sketch_file), "--text", "red", "--steps", "3", "--model", str(model_dir)]
+    assert main([*common, "--out", str(tmp_path / "f32.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "bf16.png"), "--unet-dtype", "bfloat16"]) == 0
+    assert [k["unet_dtype"] for k in dtypes] == [torch.float32, torch.bfloat16]
+    a, b = (np.asarray(PIL.Image.open(tmp_path / n), dtype=int) for n in ("f32.png", "bf16.png"))
+    assert a.shape == b.shape and 0 < np.abs(a - b).mean() < 8  # the same picture up to bfloat16 rounding
+
+
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler", "euler-ancestral"])
 def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
     out = tmp_path / "grid.png"

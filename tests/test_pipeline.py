@@ -465,3 +465,36 @@ def test_generation_ab_benchmark_times_both_pipelines(tmp_path):
     assert out["median_s_a"] > 0 and out["median_s_b"] > 0 and out["jit"]
     assert out["ratio_a_over_b"] == pytest.approx(out["median_s_a"] / out["median_s_b"], rel=0.01)
     assert json.loads((tmp_path / "r.json").read_text()) == out
+    assert out["unet_dtype_a"] == out["unet_dtype_b"] == "float32"
+    same = bench.main([str(tmp_path / "a"), str(tmp_path / "a"), "--a-unet-dtype", "bfloat16", "--repeats", "1",
+                       "--steps", "2", "--threads", "1", "--sketch", str(sketch)])  # fmt: skip
+    assert same["unet_dtype_a"] == "bfloat16" and same["unet_dtype_b"] == "float32"
+
+
+def test_bfloat16_unet_keeps_float32_latents(tmp_path):
+    """load_pipeline(unet_dtype=torch.bfloat16): the UNet alone runs in bfloat16 (eager and traced), the latents and
+    the scheduler stay float32, and the images stay close to the float32 UNet's."""
+    from duetgen.pipelines import load_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "p")
+    full = load_pipeline(tmp_path / "p")
+    half = load_pipeline(tmp_path / "p", unet_dtype=torch.bfloat16)
+    assert full.unet.dtype == torch.float32 and half.unet.dtype == torch.bfloat16
+    assert half.encoder.dtype == half.conditioner.dtype == torch.float32
+    seen = []
+    half.unet.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.sample.dtype)))
+    kw = {"sketch": sketch(), "text": "red with stripes", "num_inference_steps": 4}
+    latents = []
+
+    def record(pipe, i, t, kwargs):
+        latents.append(kwargs["latents"].dtype)
+        return kwargs
+
+    ref = run(full, **kw).images
+    out = run(half, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"], **kw).images
+    assert seen and all(d == (torch.bfloat16, torch.bfloat16) for d in seen)
+    assert latents == [torch.float32] * 4
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    assert (out - ref).abs().mean() < 0.02, (out - ref).abs().mean()
+    half.enable_unet_jit()
+    assert torch.allclose(run(half, **kw).images, out, atol=1e-2)
