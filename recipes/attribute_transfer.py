@@ -132,8 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prepare_input(kind: str, source, pipe, route: str) -> dict:
-    """One input -> ``{"kind", "source", "sketch" (3, S, S) channel image, "photo" (3, H, W) or None, "display"}``.
+def prepare_input(kind: str, source, pipe) -> dict:
+    """One input -> ``{"kind", "source", "sketch" (3, S, S) channel image, "display"}`` (+ ``"inset"``, the
+    outline, for a photo).
 
     ``source`` is a path or, for world items, a PIL image. Sketches are framed as the pipeline frames them.
     """
@@ -141,13 +142,12 @@ def prepare_input(kind: str, source, pipe, route: str) -> dict:
     if kind == "sketch":
         sketch = load_sketch(source, fit=pipe.encoder.config.sketch_fit, size=size)
         display = Image.fromarray((sketch[0].numpy() * 255).astype(np.uint8)).convert("RGB")
-        return {"kind": kind, "source": source, "sketch": sketch, "photo": None, "display": display}
+        return {"kind": kind, "source": source, "sketch": sketch, "display": display}
     photo = source if isinstance(source, Image.Image) else Image.open(source)
     photo = photo.convert("RGB")
     outline = outline_sketch(photo_silhouette(photo), size)
     inset = Image.fromarray((outline[0].numpy() * 255).astype(np.uint8))
-    return {"kind": kind, "source": source, "sketch": outline, "photo": photo_tensor(photo), "display": photo,
-            "inset": inset, "route": route}  # fmt: skip
+    return {"kind": kind, "source": source, "sketch": outline, "display": photo, "inset": inset}
 
 
 @torch.no_grad()
@@ -314,7 +314,7 @@ def run(args) -> dict:
     for kind, paths in (("sketch", sketches), ("photo", photos)):
         for path in paths:
             try:
-                inputs.append(prepare_input(kind, path, pipe, args.photo_route))
+                inputs.append(prepare_input(kind, path, pipe))
             except (DuetgenError, OSError) as err:
                 failed.append({"input": str(path), "error": str(err)})
                 logger.warning("skipping %s %s: %s", kind, path, err)
@@ -448,7 +448,7 @@ def evaluate(args) -> dict:
                             model_source=args.model or "embedded")  # fmt: skip
 
     inputs = [prepare_input(args.eval_input, Image.fromarray(s["photo"]) if args.eval_input == "photo"
-                            else Image.fromarray(s["sketch"]), pipe, args.photo_route) for s in sources]  # fmt: skip
+                            else Image.fromarray(s["sketch"]), pipe) for s in sources]  # fmt: skip
     phrases = [s["phrase"] for s in sources]
     composed = compose_queries(encoder, inputs, phrases, args.photo_route, args.complete)
     queries, states = composed["query"], composed["states"]
