@@ -229,7 +229,7 @@ def load_models(model: str | os.PathLike | None) -> Models:
 
     if model is None:
         if (PIPELINE_DIR / "model_index.json").is_file():
-            pipe = load_pipeline()
+            pipe = load_pipeline(unet_dtype="auto")
             source = "embedded default"
         else:
             encoder = duetgen.load_encoder()  # raises CheckpointError naming what is missing
@@ -237,7 +237,7 @@ def load_models(model: str | os.PathLike | None) -> Models:
     else:
         path = Path(model)
         if (path / "model_index.json").is_file():
-            pipe = load_pipeline(path)
+            pipe = load_pipeline(path, unet_dtype="auto")
             source = str(path)
         elif (path / "config.json").is_file():
             return Models(duetgen.load_encoder(path), None, str(path))

@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
     p.add_argument("a", help="pipeline folder A ('embedded': the embedded generator)")
     p.add_argument("b", nargs="?", default=None, help="pipeline folder B (default: the embedded generator)")
     for side in ("a", "b"):
-        p.add_argument(f"--{side}-unet-dtype", choices=("float32", "bfloat16"), default="float32",
+        p.add_argument(f"--{side}-unet-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                        help=f"dtype of pipeline {side.upper()}'s UNet (load_pipeline(unet_dtype=...))")  # fmt: skip
     p.add_argument("--repeats", type=int, default=11, help="images per pipeline (median reported)")
     p.add_argument("--steps", type=int, default=25)
@@ -52,8 +52,7 @@ def _run(args) -> dict:
 
     pipes = {}
     for side in ("a", "b"):
-        dtype = getattr(torch, getattr(args, f"{side}_unet_dtype"))
-        pipes[side] = load_pipeline(folder(getattr(args, side)), unet_dtype=dtype)
+        pipes[side] = load_pipeline(folder(getattr(args, side)), unet_dtype=getattr(args, f"{side}_unet_dtype"))
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
         if not args.eager:
@@ -76,15 +75,15 @@ def _run(args) -> dict:
         "a": args.a,
         "b": args.b or "embedded",
         "jit": not args.eager,
-        "unet_dtype_a": args.a_unet_dtype,
-        "unet_dtype_b": args.b_unet_dtype,
+        "unet_dtype_a": str(pipes["a"].unet.dtype).removeprefix("torch."),
+        "unet_dtype_b": str(pipes["b"].unet.dtype).removeprefix("torch."),
         "median_s_a": round(statistics.median(times["a"]), 4),
         "median_s_b": round(statistics.median(times["b"]), 4),
     }
     res["ratio_a_over_b"] = round(res["median_s_a"] / res["median_s_b"], 3)
     mode = "traced" if res["jit"] else "eager"
-    print(f"A {res['a']} ({args.a_unet_dtype}): {res['median_s_a']:.3f} s/image; "
-          f"B {res['b']} ({args.b_unet_dtype}): {res['median_s_b']:.3f} s/image; "
+    print(f"A {res['a']} ({res['unet_dtype_a']}): {res['median_s_a']:.3f} s/image; "
+          f"B {res['b']} ({res['unet_dtype_b']}): {res['median_s_b']:.3f} s/image; "
           f"A/B {res['ratio_a_over_b']:.2f}x ({mode}, median of {args.repeats})")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:

@@ -73,7 +73,7 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
         raise SystemExit(
             f"cannot import duetgen.pipelines.load_pipeline ({err}); run with --real-photos to score real renders"
         ) from err
-    pipe = load_pipeline(args.model, unet_dtype=getattr(torch, args.unet_dtype))
+    pipe = load_pipeline(args.model, unet_dtype=args.unet_dtype)
     if args.scheduler is not None or args.timestep_spacing is not None:
         from duetgen.pipelines import make_scheduler
 
@@ -160,8 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
-    p.add_argument("--unet-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="dtype of the UNet (load_pipeline(unet_dtype=...))")  # fmt: skip
+    p.add_argument("--unet-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="UNet dtype; auto: bfloat16 on CPUs with native bfloat16")  # fmt: skip
     p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim", "dpm", "euler", "euler-ancestral"),
                    help="sampler (default: the pipeline's)")  # fmt: skip
     p.add_argument("--timestep-spacing", default=None, choices=("leading", "trailing", "linspace"),
@@ -199,9 +199,20 @@ def main(argv=None) -> dict:
         if sel.any():
             by_domain[d] = {h: float(np.mean(scores[f"{h}_ok"][sel])) for h in HEADS}
             by_domain[d]["iou"] = float(np.mean(scores["iou"][sel]))
+    # what the evaluator read for each requested pattern: {requested: {read: count}}
+    read = scores["predicted"]["pattern"]
+    confusion = {want: {got: 0 for got in world.PATTERNS} for want in world.PATTERNS}
+    for r, got in zip(flat_reqs, read, strict=True):
+        confusion[r["attrs"].pattern][got] += 1
     mode = "real photos (evaluator upper bound)" if args.real_photos else f"pipeline {args.model or 'embedded'}"
     print(f"\n### Generation fidelity: {mode}, {n} sketches x {k} samples\n")
     print(markdown_table(summary))
+    print(
+        "\npattern requested -> read by the evaluator: "
+        + "; ".join(
+            f"{want}: " + ", ".join(f"{got} {c}" for got, c in row.items() if c) for want, row in confusion.items()
+        )
+    )
     result = {
         "mode": "real_photos" if args.real_photos else "generated",
         "model": args.model,
@@ -220,6 +231,7 @@ def main(argv=None) -> dict:
         "targets": TARGETS,
         "passed": {key: summary[key] >= t for key, t in TARGETS.items()},
         "by_domain": by_domain,
+        "pattern_confusion": confusion,
         "seconds": round(time.time() - t0, 1),
         "generation_seconds": round(gen_s, 1),
     }

@@ -42,6 +42,8 @@ def parse_args(argv=None):
                    help="part of the trajectory that is guided (default: the pipeline's)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", default="4,8", help="num_images_per_prompt values for throughput")
+    p.add_argument("--unet-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="UNet dtype, as the CLI's (auto: bfloat16 on CPUs with native bfloat16)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     p.add_argument("--out", help="write the results as JSON here")
     return p.parse_args(argv)
@@ -58,8 +60,12 @@ def build(args):
         enc = duetgen.ComposedQueryEncoder(
             get_clip_config("duetgen-world"), backbone="duetgen-world", sketch_fit="canvas"
         )
-        return DuetGenPipeline.from_encoder(enc.eval()), "random default architecture"
-    return load_pipeline(args.model), args.model or "embedded"
+        from duetgen.pipelines import resolve_unet_dtype
+
+        pipe = DuetGenPipeline.from_encoder(enc.eval())
+        pipe.unet.to(dtype=resolve_unet_dtype(args.unet_dtype))
+        return pipe, "random default architecture"
+    return load_pipeline(args.model, unet_dtype=args.unet_dtype), args.model or "embedded"
 
 
 def paired(fns: dict, repeats: int) -> dict:
@@ -129,6 +135,8 @@ def main(argv=None) -> dict:
             (_, query), states = pipe.encode_query(images, text, 1), None
         hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg, states)
         sk_in = spatial_condition(sk_in, pipe.unet.config.in_channels)  # outline (+ enclosed region), as the pipeline
+        dtype = pipe.unet.dtype  # the UNet's inputs in its dtype; latents and scheduler in float32, as the pipeline
+        hidden, labels, sk_in = hidden.to(dtype), labels.to(dtype), sk_in.to(dtype)
 
     traces = {}
 
@@ -155,8 +163,8 @@ def main(argv=None) -> dict:
             guide = do_cfg and interval[0] <= i / n < interval[1]
             h, lab, s_in = (hidden, labels, sk_in) if guide or not do_cfg else (hidden[1:], labels[1:], sk_in[1:])
             inp = torch.cat([x] * 2) if guide else x
-            inp = torch.cat([scheduler.scale_model_input(inp, t), s_in], dim=1)
-            pred = unet(inp, t, h, lab)
+            inp = torch.cat([scheduler.scale_model_input(inp, t).to(dtype), s_in], dim=1)
+            pred = unet(inp, t, h, lab).float()
             if guide:
                 u, c = pred.chunk(2)
                 pred = u + guidance * (c - u)
@@ -164,7 +172,7 @@ def main(argv=None) -> dict:
 
     @torch.no_grad()
     def unet_call(batch: int, jit: bool = False):
-        inp = torch.randn(batch, pipe.unet.config.in_channels, size, size)
+        inp = torch.randn(batch, pipe.unet.config.in_channels, size, size).to(dtype)
         unet_fn(jit)(inp, torch.tensor(500), hidden[:1].expand(batch, -1, -1), labels[:1].expand(batch, -1))
 
     results = {
@@ -175,6 +183,7 @@ def main(argv=None) -> dict:
         "guidance_scale": guidance,
         "guidance_interval": list(interval),
         "image_size": size,
+        "unet_dtype": str(pipe.unet.dtype).removeprefix("torch."),
         "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
         "cross_attention_tokens": int(hidden.shape[1]),
     }
@@ -206,8 +215,8 @@ def main(argv=None) -> dict:
             t = median_time(lambda b=b, mode=mode: run_pipe(b, jit=mode == "jit"), max(1, args.repeats // 2))
             results[f"images_per_s_batch{b}_{mode}"] = b / t
 
-    print(f"generation speed: {source}, {size} px, {args.steps} steps, guidance {guidance} on {interval}, "
-          f"{args.threads} threads")  # fmt: skip
+    print(f"generation speed: {source} (UNet {results['unet_dtype']}), {size} px, {args.steps} steps, "
+          f"guidance {guidance} on {interval}, {args.threads} threads")  # fmt: skip
     print(f"{'measure':32s} value")
     for k, v in results.items():
         if isinstance(v, float):

@@ -303,7 +303,7 @@ def demo_inputs(out: Path) -> tuple[list[str], list[str]]:
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, unet_dtype="auto")
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_unet_jit()
     encoder = pipe.encoder
@@ -436,7 +436,7 @@ def evaluate(args) -> dict:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, unet_dtype="auto")
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_unet_jit()
     encoder = pipe.encoder

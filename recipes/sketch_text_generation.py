@@ -240,7 +240,7 @@ def main(argv=None) -> int:
             todo.append(r)
 
     sketch_limits = limits.sketch_limits()
-    pipe = load_pipeline(args.model) if todo else None
+    pipe = load_pipeline(args.model, unet_dtype="auto") if todo else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
         pipe.enable_unet_jit()  # many rows: tracing each batch shape once pays for itself

@@ -103,9 +103,10 @@ def test_unet_dtype_bfloat16(model_dir, sketch_file, tmp_path, monkeypatch):
     load = duetgen.pipelines.load_pipeline
     monkeypatch.setattr(duetgen.pipelines, "load_pipeline", lambda *a, **k: dtypes.append(k) or load(*a, **k))
     common = ["generate", "--sketch", str(sketch_file), "--text", "red", "--steps", "3", "--model", str(model_dir)]
-    assert main([*common, "--out", str(tmp_path / "f32.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "f32.png"), "--unet-dtype", "float32"]) == 0
     assert main([*common, "--out", str(tmp_path / "bf16.png"), "--unet-dtype", "bfloat16"]) == 0
-    assert [k["unet_dtype"] for k in dtypes] == [torch.float32, torch.bfloat16]
+    assert main([*common, "--out", str(tmp_path / "auto.png")]) == 0
+    assert [k["unet_dtype"] for k in dtypes] == ["float32", "bfloat16", "auto"]
     a, b = (np.asarray(PIL.Image.open(tmp_path / n), dtype=int) for n in ("f32.png", "bf16.png"))
     assert a.shape == b.shape and 0 < np.abs(a - b).mean() < 8  # the same picture up to bfloat16 rounding
 

@@ -176,6 +176,9 @@ def test_benchmark_real_photos_mode(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r.json").read_text())["metrics"] == result["metrics"]
     assert result["metrics"]["colour"] >= 0.8 and result["metrics"]["iou"] >= 0.8
     assert (tmp_path / "sheet.png").stat().st_size > 0
+    confusion = result["pattern_confusion"]  # requested -> read; real photos are read right
+    assert sum(sum(row.values()) for row in confusion.values()) == 16
+    assert sum(confusion[p][p] for p in confusion) >= 13, confusion
     sys.modules.pop("bench_generation_fidelity", None)
 
 

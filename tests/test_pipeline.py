@@ -18,7 +18,7 @@ from diffusers import (
 import duetgen
 from duetgen.errors import CheckpointError
 from duetgen.generator import QueryConditioner, build_scheduler
-from duetgen.pipelines import DuetGenPipeline, DuetGenPipelineOutput, load_pipeline
+from duetgen.pipelines import DuetGenPipeline, DuetGenPipelineOutput, load_pipeline, resolve_unet_dtype
 
 STEPS = 3
 
@@ -465,10 +465,21 @@ def test_generation_ab_benchmark_times_both_pipelines(tmp_path):
     assert out["median_s_a"] > 0 and out["median_s_b"] > 0 and out["jit"]
     assert out["ratio_a_over_b"] == pytest.approx(out["median_s_a"] / out["median_s_b"], rel=0.01)
     assert json.loads((tmp_path / "r.json").read_text()) == out
-    assert out["unet_dtype_a"] == out["unet_dtype_b"] == "float32"
-    same = bench.main([str(tmp_path / "a"), str(tmp_path / "a"), "--a-unet-dtype", "bfloat16", "--repeats", "1",
-                       "--steps", "2", "--threads", "1", "--sketch", str(sketch)])  # fmt: skip
+    auto = str(resolve_unet_dtype("auto")).removeprefix("torch.")  # the default, as the CLI's
+    assert out["unet_dtype_a"] == out["unet_dtype_b"] == auto
+    dtypes = ["--a-unet-dtype", "bfloat16", "--b-unet-dtype", "float32"]
+    same = bench.main([str(tmp_path / "a"), str(tmp_path / "a"), *dtypes, "--repeats", "1", "--steps", "2",
+                       "--threads", "1", "--sketch", str(sketch)])  # fmt: skip
     assert same["unet_dtype_a"] == "bfloat16" and same["unet_dtype_b"] == "float32"
+
+
+def test_resolve_unet_dtype():
+    assert resolve_unet_dtype("float32") == torch.float32 and resolve_unet_dtype("bfloat16") == torch.bfloat16
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_unet_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+    assert resolve_unet_dtype("auto", "meta") == torch.float32  # not a CPU: the caller picks
+    with pytest.raises(ValueError, match="unet dtype must be one of auto, float32, bfloat16"):
+        resolve_unet_dtype("fp8")
 
 
 def test_bfloat16_unet_keeps_float32_latents(tmp_path):

@@ -6,17 +6,27 @@
   (GPU and the unCLIP weights needed).
 """
 
-from .pipeline_duetgen import SCHEDULERS, DuetGenPipeline, check_pipeline_folder, load_pipeline, make_scheduler
+from .pipeline_duetgen import (
+    SCHEDULERS,
+    UNET_DTYPES,
+    DuetGenPipeline,
+    check_pipeline_folder,
+    load_pipeline,
+    make_scheduler,
+    resolve_unet_dtype,
+)
 from .pipeline_output import DuetGenPipelineOutput
 
 __all__ = [
     "SCHEDULERS",
+    "UNET_DTYPES",
     "DuetGenPipeline",
     "DuetGenPipelineOutput",
     "DuetUnCLIPPipeline",
     "check_pipeline_folder",
     "load_pipeline",
     "make_scheduler",
+    "resolve_unet_dtype",
 ]
 
 

@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..checkpoints import PICKLE_SUFFIXES
 from ..composed_query_encoder import ComposedQueryEncoder
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DuetgenInputError
 from ..generator import (
     FILL_CHANNELS,
     IMAGE_CHANNELS,
@@ -719,12 +719,28 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict:
     return index
 
 
+UNET_DTYPES = ("auto", "float32", "bfloat16")
+"""Names :func:`load_pipeline` and the tools' ``--unet-dtype`` accept."""
+
+
+def resolve_unet_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` -> the torch dtype; ``"auto"`` -> bfloat16 on a CPU whose oneDNN has native
+    bfloat16 kernels (AVX512-BF16 or AMX), float32 elsewhere (GPUs included: pick their dtype yourself)."""
+    if name not in UNET_DTYPES:
+        raise DuetgenInputError(f"unet dtype must be one of {', '.join(UNET_DTYPES)}, got {name!r}")
+    if name != "auto":
+        return getattr(torch, name)
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if on_cpu and native else torch.float32
+
+
 def load_pipeline(
     path: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
-    unet_dtype: torch.dtype | None = None,
+    unet_dtype: torch.dtype | str | None = None,
 ) -> DuetGenPipeline:
     """Loads a DuetGenPipeline, offline: the embedded default when ``path`` is ``None``.
 
@@ -732,9 +748,12 @@ def load_pipeline(
         path: a folder written by ``DuetGenPipeline.save_pretrained`` (or ``recipes/train_generator.py``).
         device: where to put it (default CPU).
         dtype: compute dtype; shipped fp16 weights are loaded as float32 by default.
-        unet_dtype: run the UNet alone in this dtype (latents, scheduler and encoder stay in ``dtype``). On a CPU
-            with native bfloat16 (AVX512-BF16 or AMX), ``torch.bfloat16`` makes a UNet call about 1.2x faster at the
-            same fidelity (``benchmarks/bench_generation_speed.py --unet-dtype bfloat16``); elsewhere it is slower.
+        unet_dtype: run the UNet alone in this dtype (latents, scheduler and encoder stay in ``dtype``): a torch
+            dtype, ``"float32"``, ``"bfloat16"`` or ``"auto"`` (:func:`resolve_unet_dtype`: bfloat16 on a CPU with
+            native bfloat16, else ``dtype``). On such a CPU (AVX512-BF16 or AMX) bfloat16 makes an image about 1.2x
+            faster at the same fidelity (``benchmarks/bench_generation_ab.py``,
+            ``benchmarks/bench_generation_fidelity.py --unet-dtype``); elsewhere it is slower. ``None`` (the default,
+            and what training uses) keeps ``dtype``. The user-facing tools (CLI, studio, recipes) pass ``"auto"``.
 
     Raises:
         CheckpointError: the folder is missing, malformed or unsafe.
@@ -769,7 +788,8 @@ def load_pipeline(
         IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS,
     ):
         raise CheckpointError(f"'{path}' is not a DuetGenPipeline (its UNet does not take image + sketch channels)")
-    if unet_dtype is not None:
+    unet_dtype = resolve_unet_dtype(unet_dtype, device) if isinstance(unet_dtype, str) else unet_dtype
+    if unet_dtype is not None and unet_dtype != pipe.unet.dtype:
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # not the "modules to keep in float32: []" notice
         try:
@@ -780,4 +800,4 @@ def load_pipeline(
     return pipe.to(device) if device is not None else pipe
 
 
-__all__ = ["DuetGenPipeline", "check_pipeline_folder", "load_pipeline"]
+__all__ = ["UNET_DTYPES", "DuetGenPipeline", "check_pipeline_folder", "load_pipeline", "resolve_unet_dtype"]
