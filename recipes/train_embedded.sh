@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
 # duetgen/embedded/pipeline. The encoder (stages 1 and 2) takes about 45 minutes on 2 idle CPU cores, the generator
-# (stage 3) about 36 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
+# (stage 3) about 80 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
 # Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR]
 set -euo pipefail
@@ -16,9 +16,14 @@ python recipes/train_world_clip.py --arch duetgen-world-cs --out "$RUN/stage1" -
 python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --cache "$CACHE" --steps 800 \
   --groups-per-batch 32 --lr 2e-3 --eval-every 400 --caption-supervised --resume
 # stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel,
-# cross-attention to the composed query's token states)
+# cross-attention to the composed query's token states, 32 channels at full resolution): 2,400 steps from scratch,
+# then 1,600 more at a lower learning rate from those weights
 python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/generator" --cache "$CACHE" \
-  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 2400 --mixed-precision bf16 --resume
-python recipes/export_embedded.py "$RUN/generator/pipeline"
+  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 1e-3 --steps 2400 \
+  --block-out-channels 32,32,64,128 --mixed-precision bf16 --resume
+python recipes/train_generator.py --init "$RUN/generator/pipeline" --out "$RUN/generator2" --cache "$CACHE" \
+  --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 5e-4 --warmup 20 --steps 1600 \
+  --mixed-precision bf16 --seed 2 --resume
+python recipes/export_embedded.py "$RUN/generator2/pipeline"
 duetgen index samples/gallery_photos --out samples/gallery --regions --rebuild --quiet  # the manifest names the encoder
 python benchmarks/bench_world_duet.py
