@@ -28,7 +28,7 @@ with what the photo keeps. The encoder reads the photo's colour, pattern and dom
 "solid green in a photo" becomes "solid green at night" (:func:`duetgen.transfer.complete_words`; a phrase with words
 outside the world vocabulary is used as typed). That is the query the duet stage and the generator were trained on,
 and against the bare phrase it keeps the source's pose in retrieval three times as often and the unchanged attributes
-in generation 0.78 of the time instead of 0.28. ``--no-complete`` uses the phrase alone.
+in generation 0.76 of the time instead of 0.31. ``--no-complete`` uses the phrase alone.
 
 Either way the generator's sketch channel receives the extracted outline, so the generated object keeps the photo's
 pose; a sketch input is used as its own sketch channel, with the phrase as typed (a sketch has no colour to keep).

@@ -156,10 +156,10 @@ def test_attribute_transfer_with_the_shipped_model(tmp_path):
     """With the embedded model, a photo's transfer keeps its pose and its other attributes: retrieval finds the exact
     target (the source's pose with the new attribute and the old others) and generation keeps what was not named.
 
-    Measured at 96 sources (recipes/README.md): retrieval attribute 0.90, exact target in the top 5 0.99, others kept
-    0.93; generation others kept 0.78. With the bare phrase (``--no-complete``) they were 0.84, 0.43, 0.45 and 0.28:
-    the floors below sit between the two, far above chance (attribute: 1/8 to 1/4; the target among 4 * 24 photos in
-    the top 5: 5 %).
+    Measured at 96 sources (recipes/README.md): retrieval attribute 0.90, exact target in the top 5 0.99, others
+    kept 0.93; generation others kept 0.76. With the bare phrase and the photo embedding they were 0.84, 0.43, 0.45
+    and 0.31: the floors below sit between the two, far above chance (attribute: 1/8 to 1/4; the target among
+    4 * 24 photos in the top 5: 5 %).
     """
     at = load_recipe("attribute_transfer")
     res = at.main(["--evaluate", "--n", "24", "--steps", "10", "--out", str(tmp_path / "ev")])
