@@ -229,6 +229,8 @@ def transfer_query(
     """
     if len(photos) != len(phrases):
         raise ValueError(f"got {len(photos)} photos but {len(phrases)} phrases; pass one phrase per photo")
+    if not photos:
+        raise ValueError("no photos given; pass at least one (photo, phrase) pair")
     if route not in ("sketch", "embed"):
         raise ValueError(f"route must be 'sketch' or 'embed', got {route!r}")
     size = size or encoder.image_size

@@ -98,6 +98,8 @@ def test_transfer_query_plumbing(tiny_encoder):
     assert embed.words == tq.words and not torch.allclose(embed.query, tq.query)
     with pytest.raises(ValueError, match="one phrase per photo"):
         transfer_query(tiny_encoder, photos, phrases[:2])
+    with pytest.raises(ValueError, match="no photos"):
+        transfer_query(tiny_encoder, [], [])
     with pytest.raises(ValueError, match="route"):
         transfer_query(tiny_encoder, photos, phrases, route="outline")
 
