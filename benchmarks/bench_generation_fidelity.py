@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from duetgen import world
 from duetgen.evaluator import HEADS, load_evaluator, summarise
+from duetgen.pipelines import resolve_unet_dtype
 
 logger = logging.getLogger("bench_generation_fidelity")
 
@@ -224,7 +225,7 @@ def main(argv=None) -> dict:
         "guidance_interval": None if args.real_photos else (args.guidance_interval or "pipeline default"),
         "scheduler": None if args.real_photos else (args.scheduler or "pipeline default"),
         "timestep_spacing": None if args.real_photos else (args.timestep_spacing or "pipeline default"),
-        "unet_dtype": None if args.real_photos else args.unet_dtype,
+        "unet_dtype": None if args.real_photos else str(resolve_unet_dtype(args.unet_dtype)).removeprefix("torch."),
         "world_seed": args.world_seed,
         "seed": args.seed,
         "metrics": summary,

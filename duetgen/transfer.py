@@ -24,6 +24,7 @@ painting", "in pixel art", "at night". A phrase with any other word is used as t
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,24 +102,42 @@ def complete_words(phrase: str, source: world.Attributes) -> str | None:
     return world.words(world.Attributes(**{**source.to_dict(), **named}))
 
 
+_TEXT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _attribute_text_embeds(encoder) -> torch.Tensor:
+    """Text embeddings (128, D) of every :func:`duetgen.world.words` phrase, in :data:`duetgen.world.ALL_ATTRIBUTES`
+    order, cached per encoder until its weights (any in-place update), device or dtype change."""
+    key = (sum(p._version for p in encoder.parameters()), encoder.device, encoder.dtype)
+    hit = _TEXT_CACHE.get(encoder)
+    if hit is None or hit[0] != key:
+        hit = _TEXT_CACHE[encoder] = (key, encoder.encode_text([world.words(a) for a in world.ALL_ATTRIBUTES]))
+    return hit[1]
+
+
 @torch.no_grad()
-def read_attributes(encoder, photos: torch.Tensor, batch_size: int = 128) -> list[world.Attributes]:
+def read_attributes(
+    encoder, photos: torch.Tensor | None = None, *, image_embeds: torch.Tensor | None = None, batch_size: int = 128
+) -> list[world.Attributes]:
     """Zero-shot reading of each photo's colour, pattern and domain with the encoder's two towers.
 
     Every combination of :data:`duetgen.world.ALL_ATTRIBUTES` is written as :func:`duetgen.world.words` ("solid
-    green in a photo") and embedded by the text tower; each photo takes the combination whose embedding is closest
-    to its own. With the embedded model on held-out world photos this reads colour and domain almost always right
-    and the pattern about half the time (``tests/test_transfer.py`` checks the floors).
+    green in a photo") and embedded by the text tower (once per encoder); each photo takes the combination whose
+    embedding is closest to its own. With the embedded model on held-out world photos this reads colour and domain
+    almost always right and the pattern about half the time (``tests/test_transfer.py`` checks the floors).
 
     Args:
         encoder: a :class:`~duetgen.ComposedQueryEncoder`.
-        photos: (B, 3, H, W) float in [0, 1].
+        photos: (B, 3, H, W) float in [0, 1]; or pass their ``image_embeds`` (B, D) from ``encoder.encode_image``.
     """
-    combos = world.ALL_ATTRIBUTES
-    texts = encoder.encode_text([world.words(a) for a in combos])  # (128, D)
-    images = torch.cat([encoder.encode_image(photos[i : i + batch_size]) for i in range(0, len(photos), batch_size)])
-    best = (images @ texts.T).argmax(dim=1)  # (B,)
-    return [combos[int(i)] for i in best]
+    if image_embeds is None:
+        if photos is None:
+            raise ValueError("read_attributes needs photos or image_embeds")
+        image_embeds = torch.cat(
+            [encoder.encode_image(photos[i : i + batch_size]) for i in range(0, len(photos), batch_size)]
+        )
+    best = (image_embeds @ _attribute_text_embeds(encoder).T).argmax(dim=1)  # (B,)
+    return [world.ALL_ATTRIBUTES[int(i)] for i in best]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,13 +254,24 @@ def transfer_query(
         raise ValueError(f"route must be 'sketch' or 'embed', got {route!r}")
     size = size or encoder.image_size
     side = encoder.image_size
-    sketches = torch.stack([outline_sketch(photo_silhouette(p), size) for p in photos])  # (B, 3, S, S)
-    pixels = torch.stack([photo_tensor(p.convert("RGB").resize((side, side), Image.BICUBIC)) for p in photos])
+    # Each distinct photo object is outlined, embedded and read once, however many phrases it is paired with.
+    first: dict[int, int] = {}
+    for p in photos:
+        first.setdefault(id(p), len(first))
+    row = torch.tensor([first[id(p)] for p in photos])  # pair -> distinct photo
+    unique = list({id(p): p for p in photos}.values())
+    sketches = torch.stack([outline_sketch(photo_silhouette(p), size) for p in unique])  # (U, 3, S, S)
+    embeds = None
+    if route == "embed" or complete:
+        pixels = torch.stack([photo_tensor(p.convert("RGB").resize((side, side), Image.BICUBIC)) for p in unique])
+        embeds = encoder.encode_image(pixels)  # (U, D)
     read: list[world.Attributes | None] = [None] * len(photos)
     words = list(phrases)
     if complete:
-        read = list(read_attributes(encoder, pixels))
+        readings = read_attributes(encoder, image_embeds=embeds)
+        read = [readings[int(i)] for i in row]
         words = [complete_words(ph, r) or ph for ph, r in zip(phrases, read, strict=True)]
-    embeds = encoder.encode_image(pixels) if route == "embed" else encoder.encode_sketch(sketches)  # (B, D)
-    query, states = encoder.encode_query(sketch_embeds=embeds, words=words, return_states=True)
-    return TransferQuery(query=query, states=states, sketches=sketches, words=words, read=read)
+    if route == "sketch":
+        embeds = encoder.encode_sketch(sketches)  # (U, D)
+    query, states = encoder.encode_query(sketch_embeds=embeds[row], words=words, return_states=True)
+    return TransferQuery(query=query, states=states, sketches=sketches[row], words=words, read=read)

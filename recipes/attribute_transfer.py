@@ -74,7 +74,7 @@ from duetgen import load_sketch, world
 from duetgen.errors import DuetgenError, WeightsUnavailableError
 from duetgen.gallery import Gallery
 from duetgen.pipelines import load_pipeline
-from duetgen.transfer import outline_sketch, photo_silhouette, photo_tensor, transfer_query
+from duetgen.transfer import photo_tensor, transfer_query
 
 logger = logging.getLogger("attribute_transfer")
 
@@ -132,35 +132,44 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prepare_input(kind: str, source, pipe) -> dict:
-    """One input -> ``{"kind", "source", "sketch" (3, S, S) channel image, "display"}`` (+ ``"inset"``, the
-    outline, for a photo).
+def sketch_size(pipe) -> int:
+    """Side of the sketch channel images: the larger of the generator's and the encoder's input."""
+    return max(pipe.sample_size, pipe.encoder.image_size)
 
-    ``source`` is a path or, for world items, a PIL image. Sketches are framed as the pipeline frames them.
+
+def prepare_input(kind: str, source, pipe) -> dict:
+    """One input -> ``{"kind", "source", "display"}`` plus, for a sketch, ``"sketch"`` (3, S, S) framed as the
+    pipeline frames it (a photo's outline is made with its query, :func:`compose_queries`).
+
+    ``source`` is a path or, for world items, a PIL image.
     """
-    size = max(pipe.sample_size, pipe.encoder.image_size)
     if kind == "sketch":
-        sketch = load_sketch(source, fit=pipe.encoder.config.sketch_fit, size=size)
+        sketch = load_sketch(source, fit=pipe.encoder.config.sketch_fit, size=sketch_size(pipe))
         display = Image.fromarray((sketch[0].numpy() * 255).astype(np.uint8)).convert("RGB")
         return {"kind": kind, "source": source, "sketch": sketch, "display": display}
     photo = source if isinstance(source, Image.Image) else Image.open(source)
-    photo = photo.convert("RGB")
-    outline = outline_sketch(photo_silhouette(photo), size)
-    inset = Image.fromarray((outline[0].numpy() * 255).astype(np.uint8))
-    return {"kind": kind, "source": source, "sketch": outline, "display": photo, "inset": inset}
+    return {"kind": kind, "source": source, "display": photo.convert("RGB")}
+
+
+def to_inset(sketch: torch.Tensor) -> Image.Image:
+    """A (3, S, S) sketch channel image as a small greyscale picture (the outline under a photo's phrase)."""
+    return Image.fromarray((sketch[0].numpy() * 255).astype(np.uint8))
 
 
 @torch.no_grad()
-def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str, complete: bool = True) -> dict:
-    """One composed query per (input, phrase) pair, in the order of ``inputs``/``phrases``.
+def compose_queries(
+    encoder, inputs: list[dict], phrases: list[str], route: str, complete: bool = True, size: int | None = None
+) -> dict:
+    """One composed query per (input, phrase) pair, in the order of ``inputs``/``phrases`` (an input repeated across
+    phrases is the same dict, and is outlined, encoded and read once).
 
     Photos go through :func:`duetgen.transfer.transfer_query` (their outline or image embedding, the phrase completed
-    with their own attributes unless ``complete`` is off); sketches compose with the phrase as typed.
+    with their own attributes unless ``complete`` is off; outlines of side ``size``); sketches compose with the
+    phrase as typed.
 
     Returns:
-        ``{"query": (B, D), "states": (B, L, Wt), "words": the words composed per pair, "read": the attributes read
-        from each photo (None for sketches)}``; the queries search the gallery, queries and states condition the
-        generator.
+        ``{"query": (B, D), "states": (B, L, Wt), "sketches": (B, 3, S, S) the generator's sketch channel, "words":
+        the words composed per pair, "read": the attributes read from each photo (None for sketches)}``.
     """
     rows = {"photo": [], "sketch": []}
     for i, item in enumerate(inputs):
@@ -171,22 +180,27 @@ def compose_queries(encoder, inputs: list[dict], phrases: list[str], route: str,
     parts = []
     if rows["photo"]:
         idx = rows["photo"]
-        size = inputs[idx[0]]["sketch"].shape[-1]
         tq = transfer_query(encoder, [inputs[i]["display"] for i in idx], [phrases[i] for i in idx], size=size,
                             complete=complete, route=route)  # fmt: skip
-        parts.append((idx, tq.query, tq.states))
+        parts.append((idx, tq.query, tq.states, tq.sketches))
         for k, i in enumerate(idx):
             words[i], read[i] = tq.words[k], tq.read[k]
     if rows["sketch"]:
         idx = rows["sketch"]
-        q, h = encoder.encode_query(torch.stack([inputs[i]["sketch"] for i in idx]), [phrases[i] for i in idx],
-                                    return_states=True)  # fmt: skip
-        parts.append((idx, q, h))
+        first: dict[int, int] = {}
+        for i in idx:
+            first.setdefault(id(inputs[i]), len(first))
+        unique = list({id(inputs[i]): inputs[i] for i in idx}.values())
+        embeds = encoder.encode_sketch(torch.stack([item["sketch"] for item in unique]))  # (U, D)
+        pick = torch.tensor([first[id(inputs[i])] for i in idx])
+        q, h = encoder.encode_query(sketch_embeds=embeds[pick], words=[phrases[i] for i in idx], return_states=True)
+        parts.append((idx, q, h, torch.stack([inputs[i]["sketch"] for i in idx])))
     query = torch.empty(n, parts[0][1].shape[-1])
     states = torch.empty(n, *parts[0][2].shape[1:])
-    for idx, q, h in parts:
-        query[idx], states[idx] = q.float(), h.float()
-    return {"query": query, "states": states, "words": words, "read": read}
+    sketches = torch.empty(n, *parts[0][3].shape[1:])
+    for idx, q, h, sk in parts:
+        query[idx], states[idx], sketches[idx] = q.float(), h.float(), sk
+    return {"query": query, "states": states, "sketches": sketches, "words": words, "read": read}
 
 
 def generate(
@@ -325,11 +339,11 @@ def run(args) -> dict:
     else:
         gallery = world_gallery(encoder, args, args.model or "embedded")
     pairs = [(item, phrase) for item in inputs for phrase in args.phrases]
-    composed = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route, args.complete)
+    composed = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route, args.complete,
+                               size=sketch_size(pipe))  # fmt: skip
     hits = gallery.search(composed["query"], k=min(args.k, len(gallery)))
     seeds = [args.seed + i for i in range(len(pairs))]
-    sketch_in = torch.stack([p[0]["sketch"] for p in pairs])
-    images = generate(pipe, sketch_in, composed["query"], composed["states"], seeds, args)
+    images = generate(pipe, composed["sketches"], composed["query"], composed["states"], seeds, args)
     (out / "generated").mkdir(exist_ok=True)
     records, rows = [], []
     for i, ((item, phrase), res, image) in enumerate(zip(pairs, hits, images, strict=True)):
@@ -341,7 +355,8 @@ def run(args) -> dict:
                         "route": args.photo_route if item["kind"] == "photo" else "sketch",
                         "retrieved": [r.to_dict() for r in res], "generated": str(gen_path)})  # fmt: skip
         note = item["kind"] if composed["words"][i] == phrase else f'{item["kind"]}: "{composed["words"][i]}"'
-        rows.append({"input": item["display"], "phrase": phrase, "note": note, "inset": item.get("inset"),
+        rows.append({"input": item["display"], "phrase": phrase, "note": note,
+                     "inset": to_inset(composed["sketches"][i]) if item["kind"] == "photo" else None,
                      "retrieved": [Image.open(r.path) for r in res], "generated": to_pil(image)})  # fmt: skip
     contact_sheet(out / "sheet.png", rows, args.k)
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
@@ -450,7 +465,7 @@ def evaluate(args) -> dict:
     inputs = [prepare_input(args.eval_input, Image.fromarray(s["photo"]) if args.eval_input == "photo"
                             else Image.fromarray(s["sketch"]), pipe) for s in sources]  # fmt: skip
     phrases = [s["phrase"] for s in sources]
-    composed = compose_queries(encoder, inputs, phrases, args.photo_route, args.complete)
+    composed = compose_queries(encoder, inputs, phrases, args.photo_route, args.complete, size=sketch_size(pipe))
     queries, states = composed["query"], composed["states"]
     hits = gallery.search(queries, k=min(max(args.k, 5), len(gallery)))
     top = [Image.open(h[0].path).convert("RGB") for h in hits]
@@ -460,7 +475,7 @@ def evaluate(args) -> dict:
         want = f"{s['index']:05d}_target.png"
         rank_of_target.append(names.index(want) + 1 if want in names else math.inf)
     seeds = [args.seed + i for i in range(len(sources))]
-    images = generate(pipe, torch.stack([x["sketch"] for x in inputs]), queries, states, seeds, args)
+    images = generate(pipe, composed["sketches"], queries, states, seeds, args)
 
     scores = {"retrieval": score_outputs(evaluator, top, sources),
               "generation": score_outputs(evaluator, images, sources)}  # fmt: skip
@@ -509,8 +524,8 @@ def evaluate(args) -> dict:
         change = f"{s['kind']}: {getattr(s['source'], s['kind'])} -> {getattr(s['target'], s['kind'])}"
         if composed["words"][i] != s["phrase"]:
             change += f'; "{composed["words"][i]}"'
-        rows.append({"input": inputs[i]["display"], "phrase": s["phrase"], "inset": inputs[i].get("inset"),
-                     "note": change,
+        inset = to_inset(composed["sketches"][i]) if inputs[i]["kind"] == "photo" else None
+        rows.append({"input": inputs[i]["display"], "phrase": s["phrase"], "inset": inset, "note": change,
                      "retrieved": [Image.open(r.path) for r in hits[i][: args.k]], "generated": to_pil(images[i]),
                      "ok": {"retrieval": bool(scores["retrieval"]["success"][i]),
                             "generation": bool(scores["generation"]["success"][i])}})  # fmt: skip

@@ -11,10 +11,12 @@ from PIL import Image
 from duetgen import world
 from duetgen.evaluator import instance_mask, mask_iou
 from duetgen.transfer import (
+    _attribute_text_embeds,
     complete_words,
     outline_sketch,
     parse_attribute_words,
     photo_silhouette,
+    photo_tensor,
     read_attributes,
     transfer_query,
 )
@@ -95,7 +97,11 @@ def test_transfer_query_plumbing(tiny_encoder):
     bare = transfer_query(tiny_encoder, photos, phrases, complete=False)
     assert bare.words == phrases and bare.read == [None] * 3
     embed = transfer_query(tiny_encoder, photos, phrases, route="embed")
-    assert embed.words == tq.words and not torch.allclose(embed.query, tq.query)
+    side = tiny_encoder.image_size
+    pixels = torch.stack([photo_tensor(p.resize((side, side), Image.BICUBIC)) for p in photos])
+    expected = tiny_encoder.encode_query(sketch_embeds=tiny_encoder.encode_image(pixels), words=tq.words)
+    assert embed.words == tq.words and torch.allclose(embed.query, expected, atol=1e-5)
+    assert not torch.allclose(embed.query, tq.query)
     with pytest.raises(ValueError, match="one phrase per photo"):
         transfer_query(tiny_encoder, photos, phrases[:2])
     with pytest.raises(ValueError, match="no photos"):
@@ -120,3 +126,28 @@ def test_the_shipped_encoder_reads_a_photos_attributes():
     truth = [a for _, a, _ in items]
     acc = {k: np.mean([getattr(r, k) == getattr(a, k) for r, a in zip(read, truth, strict=True)]) for k in KINDS}
     assert acc["colour"] >= 0.85 and acc["domain"] >= 0.85 and acc["pattern"] >= 0.35, acc
+
+
+def test_each_photo_is_outlined_encoded_and_read_once(tiny_encoder):
+    """A photo paired with several phrases (the recipe's input x phrase grid) costs one image encode for its
+    reading and one for its outline, not one per pair; the attribute phrases' text embeddings are computed once per
+    encoder and again only after its weights change."""
+    (_, _, a), (_, _, b) = world_photos(2)
+    batches = []
+    hook = tiny_encoder.clip.visual.conv1.register_forward_hook(lambda m, args, out: batches.append(out.shape[0]))
+    try:
+        tq = transfer_query(tiny_encoder, [a, b, a, b], ["at night", "at night", "in blue", "in blue"], size=48)
+    finally:
+        hook.remove()
+    assert batches == [2, 2]  # the 2 distinct photos, then their 2 outlines
+    assert torch.equal(tq.sketches[0], tq.sketches[2]) and tq.read[0] == tq.read[2] and tq.read[1] == tq.read[3]
+    one = transfer_query(tiny_encoder, [b], ["in blue"], size=48)
+    assert torch.allclose(one.query[0], tq.query[3], atol=1e-5) and one.words[0] == tq.words[3]
+
+    texts = _attribute_text_embeds(tiny_encoder)
+    assert texts.shape == (128, tiny_encoder.embed_dim) and _attribute_text_embeds(tiny_encoder) is texts
+    with torch.no_grad():
+        tiny_encoder.clip.token_embedding.weight.mul_(1.5)  # an in-place update, as an optimiser step makes
+    fresh = _attribute_text_embeds(tiny_encoder)
+    assert fresh is not texts and torch.allclose(fresh, tiny_encoder.encode_text([world.words(x) for x in
+                                                                                  world.ALL_ATTRIBUTES]))  # fmt: skip
