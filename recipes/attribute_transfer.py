@@ -109,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=3, help="retrieved photos shown per pair")
     p.add_argument("--steps", type=int, default=25, help="num_inference_steps")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance_scale")
+    p.add_argument("--sketch-guidance", type=float, default=None,
+                   help="sketch_guidance_scale: a separate weight for the outline (default: --guidance)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="pair i is generated with seed + i")
     p.add_argument("--batch", type=int, default=16, help="pairs per pipeline call")
     p.add_argument("--out", default="attribute_transfer", help="output folder")
@@ -213,7 +215,7 @@ def generate(
         gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds[sl]]
         res = pipe(sketch=sketches[sl], query_embeds=queries[sl], query_token_embeds=states[sl],
                    num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
-                   output_type="np")  # fmt: skip
+                   sketch_guidance_scale=args.sketch_guidance, output_type="np")  # fmt: skip
         out.append(np.asarray(res.images, dtype=np.float32))
     return np.concatenate(out)
 
@@ -360,7 +362,8 @@ def run(args) -> dict:
                      "retrieved": [Image.open(r.path) for r in res], "generated": to_pil(image)})  # fmt: skip
     contact_sheet(out / "sheet.png", rows, args.k)
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
-              "guidance": args.guidance, "photo_route": args.photo_route, "complete": args.complete,
+              "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "photo_route": args.photo_route,
+              "complete": args.complete,
               "pairs": records, "failed_inputs": failed,
               "sheet": str(out / "sheet.png")}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -494,7 +497,8 @@ def evaluate(args) -> dict:
               "world_seed": EVAL_SEED, "eval_input": args.eval_input,
               "photo_route": args.photo_route if args.eval_input == "photo" else "sketch",
               "complete": args.complete and args.eval_input == "photo", "steps": args.steps,
-              "guidance": args.guidance, "gallery_size": len(gallery), "targets": TARGETS,
+              "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "gallery_size": len(gallery),
+              "targets": TARGETS,
               "retrieval": summarise(scores["retrieval"]), "generation": summarise(scores["generation"]),
               "real_photo_ceiling": summarise(ceiling), "lpips": lp}  # fmt: skip
     read = [(r, s) for r, s in zip(composed["read"], sources, strict=True) if r is not None]
@@ -538,8 +542,9 @@ def evaluate(args) -> dict:
 def markdown_table(r: dict) -> str:
     inputs = "sketches" if r["eval_input"] == "sketch" else "photos"
     words = ", phrases completed" if r.get("complete") else ""
+    sketch_guidance = f", sketch guidance {r['sketch_guidance']}" if r.get("sketch_guidance") is not None else ""
     lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}{words}, "
-             f"{r['steps']} steps, guidance {r['guidance']}, gallery {r['gallery_size']} photos)",
+             f"{r['steps']} steps, guidance {r['guidance']}{sketch_guidance}, gallery {r['gallery_size']} photos)",
              "| output | attribute success | shape kept (shape + IoU >= 0.5) | both | other attrs kept | mean IoU |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name in ("retrieval", "generation", "real_photo_ceiling"):

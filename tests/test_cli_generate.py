@@ -111,6 +111,25 @@ def test_unet_dtype_bfloat16(model_dir, sketch_file, tmp_path, monkeypatch):
     assert a.shape == b.shape and 0 < np.abs(a - b).mean() < 8  # the same picture up to bfloat16 rounding
 
 
+def test_sketch_guidance_is_the_pipelines_two_scale_guidance(model_dir, sketch_file, tmp_path):
+    from duetgen.pipelines import load_pipeline
+
+    def cli(name, *extra):
+        argv = ["generate", "--sketch", str(sketch_file), "--text", "red", "--out", str(tmp_path / name), "--steps",
+                "3", "--guidance", "2", "--model", str(model_dir), "--unet-dtype", "float32", *extra]  # fmt: skip
+        assert main(argv) == 0
+        return np.asarray(PIL.Image.open(tmp_path / name), dtype=int)
+
+    two = cli("two.png", "--sketch-guidance", "5")
+    pipe = load_pipeline(model_dir, unet_dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(0)
+    api = pipe(sketch=str(sketch_file), text="red", num_inference_steps=3, guidance_scale=2.0,
+               sketch_guidance_scale=5.0, generator=gen, output_type="np").images[0]  # fmt: skip
+    assert np.abs(two - np.round(api * 255)).max() <= 1  # the CLI passes the flag through
+    assert np.abs(two - cli("one.png")).max() > 0  # and it changes the picture
+
+
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler", "euler-ancestral"])
 def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
     out = tmp_path / "grid.png"
@@ -146,6 +165,7 @@ def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
         (["--text", "red", "--out", "x.png", "--steps", "0"], "--steps must be >= 1"),
         (["--text", "red", "--out", "x.png", "--num-images", "0"], "--num-images"),
         (["--text", "red", "--out", "x.png", "--guidance", "-2"], "--guidance"),
+        (["--text", "red", "--out", "x.png", "--sketch-guidance", "nan"], "--sketch-guidance must be"),
         (["--text", "red", "--out", "x.gif"], "--out must end in"),
         (["--sketch", "no-such-file.png", "--out", "x.png"], "is not a file"),
         (["--text", "red", "--out", "x.png", "--model", "no/such/folder"], "does not exist"),

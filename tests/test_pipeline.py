@@ -509,3 +509,37 @@ def test_bfloat16_unet_keeps_float32_latents(tmp_path):
     assert (out - ref).abs().mean() < 0.02, (out - ref).abs().mean()
     half.enable_unet_jit()
     assert torch.allclose(run(half, **kw).images, out, atol=1e-2)
+
+
+def test_sketch_guidance_scale_guides_the_sketch_and_the_query_separately(states_pipe):
+    """InstructPix2Pix's two scales: rows (null, blank), (null, sketch), (query, sketch) on guided steps only."""
+    pipe = states_pipe
+    calls = []
+
+    def record(module, args, kwargs, out):
+        calls.append((args[0].detach().clone(), kwargs["class_labels"].clone(), kwargs["encoder_hidden_states"].clone()))
+
+    hook = pipe.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        two = run(pipe, sketch=sketch(), text="red", num_inference_steps=4, guidance_scale=3.0,
+                  sketch_guidance_scale=2.0, guidance_interval=(0.0, 0.5)).images  # fmt: skip
+    finally:
+        hook.remove()
+    assert [c[0].shape[0] for c in calls] == [3, 3, 1, 1]  # 2 guided steps of 3 passes, then conditional only
+    sample, labels, hidden = calls[0]
+    sketch_channel = sample[:, 3]
+    assert torch.all(sketch_channel[0] == 1.0)  # blank paper
+    assert torch.equal(sketch_channel[1], sketch_channel[2]) and sketch_channel[1].min() < 0  # the drawn sketch
+    assert torch.equal(labels[0], labels[1]) and not torch.equal(labels[1], labels[2])  # null, null, the query
+    assert torch.equal(hidden[0], hidden[1]) and not torch.equal(hidden[1], hidden[2])  # null states for both
+    assert torch.equal(calls[2][0][0, 3], sketch_channel[2])  # unguided steps take the conditional row
+    # equal scales are exactly one-scale guidance: u + s (p_sketch - u) + s (p_cond - p_sketch) = u + s (p_cond - u)
+    kw = dict(sketch=sketch(), text="red", num_inference_steps=4, guidance_scale=3.0)
+    one = run(pipe, **kw).images
+    assert torch.allclose(run(pipe, sketch_guidance_scale=3.0, **kw).images, one, atol=1e-5)
+    assert (two - one).abs().max() > 1e-3
+    # no sketch weight at all: the sketch branch is the baseline, not the blank one
+    assert (run(pipe, sketch_guidance_scale=0.0, **kw).images - one).abs().max() > 1e-3
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="sketch_guidance_scale"):
+            run(pipe, sketch_guidance_scale=bad, **kw)

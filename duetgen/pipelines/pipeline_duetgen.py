@@ -351,14 +351,17 @@ class DuetGenPipeline(DiffusionPipeline):
         sketch: torch.Tensor,
         do_classifier_free_guidance: bool,
         query_states: torch.Tensor | None = None,
+        sketch_branch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """UNet inputs from queries (N, D), sketch channels (N, 1, S, S) and the queries' token states (N, L, Wt).
 
-        With guidance the unconditional half (null query, null states, blank sketch) comes first. The states are
-        used when the conditioner takes them (``conditioner.uses_states``); missing, they are the null states.
+        With guidance the unconditional rows (null query, null states, blank sketch) come first; with
+        ``sketch_branch`` (two guidance scales) rows with the null query but the real sketch follow them. The states
+        are used when the conditioner takes them (``conditioner.uses_states``); missing, they are the null states.
 
         Returns:
-            ``(encoder_hidden_states (M, T, C), class_labels (M, D), sketch (M, 1, S, S))`` with M = N or 2N.
+            ``(encoder_hidden_states (M, T, C), class_labels (M, D), sketch (M, 1, S, S))`` with M = N, 2N or 3N,
+            the conditional rows last.
         """
         dtype = self.unet.dtype
         query = query.to(device=sketch.device, dtype=self.conditioner.dtype)
@@ -369,11 +372,14 @@ class DuetGenPipeline(DiffusionPipeline):
         elif query_states is not None:
             query_states = query_states.to(device=sketch.device, dtype=self.conditioner.dtype)
         if do_classifier_free_guidance:
-            query = torch.cat([self.conditioner.null(n), query], dim=0)  # (2N, D)
-            sketch = torch.cat([blank_sketch(n, sketch.shape[-1], device=sketch.device, dtype=sketch.dtype), sketch])
+            blank = blank_sketch(n, sketch.shape[-1], device=sketch.device, dtype=sketch.dtype)
+            nulls = [self.conditioner.null(n)] * (2 if sketch_branch else 1)
+            query = torch.cat([*nulls, query], dim=0)  # (2N or 3N, D)
+            sketch = torch.cat([blank, sketch, sketch] if sketch_branch else [blank, sketch])
             if query_states is not None:
-                query_states = torch.cat([query_states, query_states])  # the first half is replaced: drop below
-                drop = torch.arange(2 * n, device=sketch.device) < n
+                n_null = n * len(nulls)  # these rows' states are replaced by the null states: dropped below
+                query_states = torch.cat([query_states] * (len(nulls) + 1))
+                drop = torch.arange(query.shape[0], device=sketch.device) < n_null
         tokens, labels = self.conditioner(query, states=query_states, drop_states=drop)
         return tokens.to(dtype), labels.to(dtype), sketch.to(dtype)
 
@@ -437,6 +443,7 @@ class DuetGenPipeline(DiffusionPipeline):
         eta: float = 0.0,
         guidance_interval: tuple[float, float] = (0.0, 0.7),
         query_token_embeds: torch.Tensor | None = None,
+        sketch_guidance_scale: float | None = None,
     ) -> DuetGenPipelineOutput | tuple:
         """Generates images from a sketch, words, or both.
 
@@ -468,6 +475,10 @@ class DuetGenPipeline(DiffusionPipeline):
                 2024, "Applying guidance in a limited interval"). The default ``(0.0, 0.7)`` skips the last 30 %
                 of the steps, where guidance changes little (see ``benchmarks/bench_generation_fidelity.py``), and
                 saves their unconditional passes. ``(0.0, 1.0)`` guides every step.
+            sketch_guidance_scale: a separate weight for the sketch (InstructPix2Pix's two-scale guidance, Brooks et
+                al. 2023): ``eps(null, blank) + sketch_guidance_scale * (eps(null, sketch) - eps(null, blank)) +
+                guidance_scale * (eps(query, sketch) - eps(null, sketch))``, three UNet passes per guided step
+                instead of two. ``None`` (the default) guides sketch and query together by ``guidance_scale``.
 
         Returns:
             :class:`DuetGenPipelineOutput` (``images``, ``query_embeds``), or a tuple when ``return_dict=False``.
@@ -509,6 +520,17 @@ class DuetGenPipeline(DiffusionPipeline):
             raise ValueError(
                 f"guidance_interval must be (start, end) with 0 <= start <= end <= 1, got {guidance_interval!r}"
             )
+        sketch_branch = sketch_guidance_scale is not None
+        if sketch_branch and (
+            isinstance(sketch_guidance_scale, bool)
+            or not isinstance(sketch_guidance_scale, (int, float))
+            or not math.isfinite(sketch_guidance_scale)
+            or sketch_guidance_scale < 0
+        ):
+            raise ValueError(
+                f"sketch_guidance_scale must be a finite number >= 0 or None, got {sketch_guidance_scale!r}"
+            )
+        do_cfg = do_cfg or sketch_branch
         n_images = batch_size * num_images_per_prompt
 
         # 2. Read the sketch: encoder input and the UNet's sketch channel (blank without a sketch)
@@ -531,7 +553,10 @@ class DuetGenPipeline(DiffusionPipeline):
         sketch_in = sketch_in.repeat_interleave(num_images_per_prompt, dim=0)  # (N, 1, S, S)
 
         # 4. Conditioning for the UNet (unconditional half first when guiding)
-        hidden_states, class_labels, sketch_in = self.prepare_conditioning(query_rep, sketch_in, do_cfg, states_rep)
+        hidden_states, class_labels, sketch_in = self.prepare_conditioning(
+            query_rep, sketch_in, do_cfg, states_rep, sketch_branch
+        )
+        n_uncond = hidden_states.shape[0] - n_images  # rows before the conditional ones: 0, N or 2N
         sketch_in = spatial_condition(sketch_in, self.unet.config.in_channels)  # (M, 1 or 2, S, S), once
         # A reduced-precision UNet (e.g. ``pipe.unet.to(torch.bfloat16)``) gets its inputs in its dtype; the latents
         # and the scheduler's arithmetic stay in float32.
@@ -551,16 +576,28 @@ class DuetGenPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 guide = do_cfg and guidance_interval[0] <= i / n_steps < guidance_interval[1]
                 if guide:
-                    model_in, hs, cl, sk = torch.cat([latents] * 2), hidden_states, class_labels, sketch_in
-                elif do_cfg:  # outside the interval: the conditional half only
-                    model_in, hs, sk = latents, hidden_states[n_images:], sketch_in[n_images:]
-                    cl = class_labels[n_images:] if class_labels is not None else None
+                    model_in, hs, cl, sk = (
+                        latents.repeat(3 if sketch_branch else 2, 1, 1, 1),
+                        hidden_states,
+                        class_labels,
+                        sketch_in,
+                    )
+                elif do_cfg:  # outside the interval: the conditional rows only
+                    model_in, hs, sk = latents, hidden_states[n_uncond:], sketch_in[n_uncond:]
+                    cl = class_labels[n_uncond:] if class_labels is not None else None
                 else:
                     model_in, hs, cl, sk = latents, hidden_states, class_labels, sketch_in
                 model_in = self.scheduler.scale_model_input(model_in, t)
                 model_in = torch.cat([model_in.to(unet_dtype), sk], dim=1)  # (M, 3 + 1 or 2, S, S)
                 pred = self._run_unet(model_in, t, hs, cl).float()
-                if guide:
+                if guide and sketch_branch:
+                    pred_uncond, pred_sketch, pred_cond = pred.chunk(3)
+                    pred = (
+                        pred_uncond
+                        + sketch_guidance_scale * (pred_sketch - pred_uncond)
+                        + guidance_scale * (pred_cond - pred_sketch)
+                    )
+                elif guide:
                     pred_uncond, pred_cond = pred.chunk(2)
                     pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
                 latents = self.scheduler.step(pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
