@@ -4,7 +4,10 @@
 It stands in for CLIP's web-scale pre-training, which cannot be downloaded here. Captions vary in everything the
 embeddings must represent (shape, coarse position and size, orientation, colour, pattern, domain) and parts are
 dropped at random, so a missing word means "any". A share of the batch are sketches captioned "a sketch of ...",
-as real CLIP saw line drawings. Uses accelerate (``accelerate launch`` for several processes), logs losses, saves a
+as real CLIP saw line drawings. ``--label-weight`` adds an image-label term (UniCL, Yang et al. 2022): every photo
+and sketch is also classified among the shape prompts ("a photo of a star", "a sketch of a star") through the text
+tower, as web CLIP saw every common object named countless times; in-batch caption contrast alone is satisfied by
+colour and position long before it learns shape. Uses accelerate (``accelerate launch`` for several processes), logs losses, saves a
 resumable state every ``--save-every`` steps and the final encoder with ``save_pretrained``. The state is written
 to a temporary folder and swapped in atomically, and batches depend only on (seed, step), so a run killed at any
 point and continued with ``--resume`` ends bit-identical to an uninterrupted one (tests/test_crash_safety.py).
@@ -54,11 +57,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="share of the photos drawn as whole twin groups (4 photos: geometry and attribute twins), "
         "the hard negatives that random batches almost never hold; the rest are random photos",
     )
+    p.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.0,
+        help="weight of the shape-prompt classification term (UniCL); 0 turns it off",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
     return p.parse_args(argv)
+
+
+def shape_label_loss(model, img: torch.Tensor, labels: torch.Tensor, n_photos: int, shapes) -> torch.Tensor:
+    """UniCL's image-label term: the first ``n_photos`` rows of ``img`` against "a photo of a {shape}", the rest
+    against "a sketch of a {shape}", over the training ``shapes``; ``labels`` index :data:`duetgen.world.SHAPES`."""
+    nouns = [duetgen.world.SHAPE_NOUNS[s] for s in shapes]
+    prompts = [f"a photo of a {n}" for n in nouns] + [f"a sketch of a {n}" for n in nouns]
+    txt = model.clip.encode_text(model.tokenizer(prompts).to(img.device), normalize=True)
+    k = len(shapes)
+    to_class = torch.full((len(duetgen.world.SHAPES),), -1, dtype=torch.long, device=img.device)
+    to_class[[duetgen.world.SHAPES.index(s) for s in shapes]] = torch.arange(k, device=img.device)
+    target = to_class[labels]
+    scale = model.clip.logit_scale.exp()
+    logits_ph = scale * img[:n_photos] @ txt[:k].T
+    logits_sk = scale * img[n_photos:] @ txt[k:].T
+    return torch.nn.functional.cross_entropy(torch.cat([logits_ph, logits_sk]), target)
 
 
 def main(argv=None) -> None:
@@ -144,6 +169,14 @@ def main(argv=None) -> None:
         img = model.clip.encode_image(model.normalize_images(model.prepare_images(images)), normalize=True)
         txt = model.clip.encode_text(model.tokenizer(caps).to(acc.device), normalize=True)
         loss = clip_contrastive_loss(img, txt, model.clip.logit_scale)
+        rec_terms = {"clip": loss.detach()}
+        if args.label_weight:
+            labels = torch.as_tensor(
+                np.concatenate([groups.shapes[g, i], groups.shapes[gs, is_]]), device=acc.device
+            )
+            label_loss = shape_label_loss(model, img, labels, n_ph, shapes)
+            loss = loss + args.label_weight * label_loss
+            rec_terms["label"] = label_loss.detach()
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
@@ -156,6 +189,7 @@ def main(argv=None) -> None:
             rec = {
                 "step": step,
                 "loss": round(loss.item(), 4),
+                **{k: round(v.item(), 4) for k, v in rec_terms.items() if len(rec_terms) > 1},
                 "lr": sched.get_last_lr()[0],
                 "scale": round(model.clip.logit_scale.exp().item(), 2),
                 "s": round(time.time() - t0, 1),
