@@ -9,6 +9,9 @@ every photo's geometry twin and attribute twin are in the batch. Evaluates on th
 ``--eval-every`` steps, saves resumable state and the final encoder with ``save_pretrained``.
 
     python recipes/train_duet.py --init runs/stage1/encoder --out runs/stage2 --steps 1200
+
+``--init`` may also name a duet encoder (a stage-2 output, e.g. ``duetgen/embedded/pipeline/encoder``): training
+then continues it, its learned prompt and visual prompts included.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def main(argv=None) -> None:
     encoder = duetgen.ComposedQueryEncoder(**cfg)
     missing, unexpected = encoder.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("visual_prompts") for k in missing), (missing, unexpected)
-    encoder.init_prompt_from_text()
+    if missing:  # a stage-1 encoder: the learned prompt P_L starts from the handcrafted prompt's embedding
+        encoder.init_prompt_from_text()
+    else:  # a duet encoder (its visual prompts loaded): continue training it, P_L included
+        acc.print(f"continuing the duet encoder {args.init}")
     params = encoder.set_trainable("duet")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 
@@ -87,3 +88,71 @@ def test_cache_is_rebuilt_for_another_shape_pool(tmp_path):
     assert part.pool == ("star", "heart")
     assert {i["shape"] for r in part.records for i in r["instances"]} <= {"star", "heart"}
     assert wd.WorldGroups.load(path).pool == ("star", "heart")
+
+
+def _stage1_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_world_clip", REPO / "recipes" / "train_world_clip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shape_label_loss_classifies_among_the_shape_prompts(tiny_encoder):
+    """UniCL's image-label term: photos against "a photo of a {shape}", sketches against "a sketch of a {shape}",
+    over the training pool only (a held-out shape is not a class)."""
+    import torch.nn.functional as F
+
+    from duetgen import world
+
+    loss_fn = _stage1_recipe().shape_label_loss
+    enc = tiny_encoder
+    pool = ("star", "heart", "cross")
+    prompts = [f"a photo of a {world.SHAPE_NOUNS[s]}" for s in pool] + [
+        f"a sketch of a {world.SHAPE_NOUNS[s]}" for s in pool
+    ]
+    with torch.no_grad():
+        txt = enc.clip.encode_text(enc.tokenizer(prompts), normalize=True)
+    # two photos (heart, cross) and one sketch (star), embedded exactly as their right prompt
+    img = torch.stack([txt[1], txt[2], txt[3]])
+    labels = torch.tensor([world.SHAPES.index(s) for s in ("heart", "cross", "star")])
+    with torch.no_grad():
+        got = loss_fn(enc, img, labels, 2, pool)
+        scale = enc.clip.logit_scale.exp()
+        logits = torch.cat([scale * img[:2] @ txt[:3].T, scale * img[2:] @ txt[3:].T])
+        want = F.cross_entropy(logits, torch.tensor([1, 2, 0]))
+        wrong = loss_fn(enc, img, labels[[1, 2, 0]], 2, pool)  # the same embeddings under the wrong labels
+    assert torch.allclose(got, want, atol=1e-6)
+    assert got < wrong
+
+
+def test_stage1_label_term_is_logged_and_trains(stage1):
+    tmp, cache, _ = stage1
+    out = tmp / "stage1_label"
+    _run("train_world_clip.py", "--out", str(out), "--arch", "duetgen-tiny", "--batch", "16", "--groups", "12",
+         "--cache", str(cache), "--log-every", "1", "--warmup", "1", "--steps", "2",
+         "--label-weight", "1")  # fmt: skip
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [0, 1]
+    for r in logs:  # the logged total is the caption contrast plus the label term at weight 1
+        assert abs(r["loss"] - (r["clip"] + r["label"])) < 2e-4 and r["label"] > 0
+
+
+def test_stage2_continues_a_duet_encoder_with_its_prompts(stage1):
+    """--init with a stage-2 encoder keeps its learned prompt P_L and visual prompts (a stage-1 init resets P_L)."""
+    import duetgen
+
+    tmp, cache, s1 = stage1
+    common = ["--steps", "1", "--groups-per-batch", "4", "--groups", "12", "--cache", str(cache), "--eval-every", "1",
+              "--eval-queries", "4", "--log-every", "1", "--warmup", "1"]  # fmt: skip
+    first = tmp / "duet_first"
+    _run("train_duet.py", "--init", str(s1 / "encoder"), "--out", str(first), "--lr", "0.05", *common)
+    more = tmp / "duet_more"
+    r = _run("train_duet.py", "--init", str(first / "encoder"), "--out", str(more), "--lr", "0", *common)
+    assert "continuing the duet encoder" in r.stdout
+    a, b = duetgen.load_encoder(first / "encoder"), duetgen.load_encoder(more / "encoder")
+    assert torch.equal(a.prompt_tokens, b.prompt_tokens) and torch.equal(a.visual_prompts, b.visual_prompts)
+    fresh = duetgen.load_encoder(first / "encoder")
+    fresh.init_prompt_from_text()
+    assert not torch.equal(fresh.prompt_tokens, a.prompt_tokens)  # stage 2 moved P_L: a reset would show
