@@ -131,6 +131,16 @@ def _retrieve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--regions", action="store_true", help="scene retrieval: score photos by their best region (needs --regions)"
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-rank the top 20 by how well each photo's object silhouette fills the sketch's outline (score = "
+        "cosine + weight x IoU); for photos on plain backgrounds (product shots, the procedural world); needs "
+        "--sketch",
+    )
+    p.add_argument(
+        "--verify-weight", type=float, default=None, metavar="W", help="weight of the IoU with --verify (default 0.3)"
+    )
 
 
 def _model_for(gallery_dir: Path, model: str | None) -> str | None:
@@ -161,6 +171,17 @@ def _retrieve(args: argparse.Namespace) -> int:
     limits.check("max_k", args.k, "-k")
     if args.text:
         limits.check("max_text_chars", len(args.text), "--text")
+    if args.verify_weight is not None and not args.verify:
+        raise DuetgenInputError("--verify-weight goes with --verify")
+    verifier = None
+    if args.verify:
+        if args.sketch is None:
+            raise DuetgenInputError("--verify compares the photos with the sketch's outline: give --sketch")
+        if args.regions:
+            raise DuetgenInputError("--verify compares whole photos; it does not combine with --regions")
+        from .verify import DEFAULT_WEIGHT, SilhouetteVerifier
+
+        verifier = SilhouetteVerifier(weight=DEFAULT_WEIGHT if args.verify_weight is None else args.verify_weight)
     gallery_dir = Path(os.path.expanduser(args.gallery))
     if not gallery_dir.is_dir():
         raise DuetgenInputError(f"--gallery '{args.gallery}' is not a folder; build one with 'duetgen index'")
@@ -178,7 +199,8 @@ def _retrieve(args: argparse.Namespace) -> int:
         )  # (3, S, S)
     with torch.inference_mode():
         query = encoder.encode_query(sketch[None] if sketch is not None else None, [args.text] if args.text else None)
-    results = gallery.search(query, args.k, regions=args.regions)[0]
+    verify = {} if verifier is None else {"verify_sketches": sketch[None], "verifier": verifier}
+    results = gallery.search(query, args.k, regions=args.regions, **verify)[0]
     if args.sheet:
         contact_sheet(sketch, args.text, results).save(args.sheet)
     if args.json:
@@ -187,6 +209,7 @@ def _retrieve(args: argparse.Namespace) -> int:
             "gallery": str(gallery.path),
             "k": args.k,
             "regions": bool(args.regions),
+            "verify_weight": None if verifier is None else verifier.weight,
             "results": [dict(rank=i + 1, **r.to_dict()) for i, r in enumerate(results)],
         }
         if args.sheet:
@@ -195,7 +218,8 @@ def _retrieve(args: argparse.Namespace) -> int:
         return 0
     for i, r in enumerate(results, 1):
         box = f"  box {r.box}" if r.box is not None else ""
-        print(f"{i:3d}  {r.score:+.4f}  {r.path}{box}")
+        iou = f"  iou {r.iou:.2f}" if r.iou is not None else ""
+        print(f"{i:3d}  {r.score:+.4f}  {r.path}{box}{iou}")
     if args.sheet:
         print(f"contact sheet: {args.sheet}")
     return 0

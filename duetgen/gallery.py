@@ -102,6 +102,8 @@ class SearchResult:
         id: the item's stable id in its gallery (ids are never reused after a removal).
         box: scene retrieval only: the best-matching region (x0, y0, x1, y1) in pixels of the image.
         region: scene retrieval only: index of that region in the gallery's region boxes.
+        iou: with silhouette verification only (:mod:`duetgen.verify`): IoU of the photo's object silhouette with
+            the region the sketch encloses; ``score`` is then the cosine similarity plus ``weight * iou``.
     """
 
     score: float
@@ -109,9 +111,12 @@ class SearchResult:
     id: int
     box: tuple[int, int, int, int] | None = None
     region: int | None = None
+    iou: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.iou is None:
+            d.pop("iou")
         if self.box is None:
             d.pop("box")
             d.pop("region")
@@ -788,7 +793,7 @@ class Gallery:
     # search
     # ------------------------------------------------------------------------------------------------------
 
-    def search(self, query_embeds, k: int = 10, *, regions: bool = False):
+    def search(self, query_embeds, k: int = 10, *, regions: bool = False, verify_sketches=None, verifier=None):
         """Top-k gallery items for each query.
 
         Args:
@@ -797,6 +802,11 @@ class Gallery:
             k: results per query.
             regions: score each photo by its best region (scene retrieval; needs a gallery built with regions);
                 results then carry the region ``box``.
+            verify_sketches: the queries' sketches ((Q, 3, H, W) or (3, H, W) in [0, 1], as the encoder took them)
+                to re-rank each query's top hits by silhouette agreement (:mod:`duetgen.verify`; photos on plain
+                backgrounds); results then carry their ``iou``. Not with ``regions``.
+            verifier: a :class:`duetgen.verify.SilhouetteVerifier` (weight, depth, and its cache of photo
+                silhouettes, worth keeping across searches); default: one with the default weight and depth.
 
         Returns:
             For (Q, D) queries, Q lists of :class:`SearchResult` (best first); for a (D,) query, one list.
@@ -816,9 +826,13 @@ class Gallery:
         n_queries = 1 if query_embeds.ndim == 1 else len(query_embeds)
         limits.check("max_queries", n_queries, "the number of queries", lim)
         if regions:
+            if verify_sketches is not None:
+                raise DuetgenInputError("silhouette verification compares whole photos; it does not apply to regions")
             from .scene_retrieval import search_scenes
 
             return search_scenes(self, query_embeds, k)
+        if verify_sketches is not None:
+            return self._search_verified(query_embeds, int(k), verify_sketches, verifier, n_queries)
         q = query_embeds.detach().float().cpu().numpy() if isinstance(query_embeds, torch.Tensor) else query_embeds
         q = as_float32(q)
         single = q.ndim == 1
@@ -830,6 +844,18 @@ class Gallery:
         for sr, rr in zip(scores, rows, strict=True):
             hits = [(float(s), self.items[r]) for s, r in zip(sr, rr, strict=True) if r >= 0]
             out.append([SearchResult(s, it["path"], int(it["id"])) for s, it in hits])
+        return out[0] if single else out
+
+    def _search_verified(self, query_embeds, k: int, sketches, verifier, n_queries: int):
+        from .verify import SilhouetteVerifier, sketch_regions
+
+        verifier = verifier if verifier is not None else SilhouetteVerifier()
+        masks = sketch_regions(sketches)
+        if len(masks) != n_queries:
+            raise DuetgenInputError(f"verify_sketches has {len(masks)} sketches for {n_queries} queries")
+        single = query_embeds.ndim == 1
+        found = self.search(query_embeds[None] if single else query_embeds, max(k, verifier.depth))
+        out = [verifier.rerank(hits, mask, k) for hits, mask in zip(found, masks, strict=True)]
         return out[0] if single else out
 
     # ------------------------------------------------------------------------------------------------------

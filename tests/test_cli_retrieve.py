@@ -130,6 +130,13 @@ def test_errors_are_one_line_exit_2(setup, capsys, tmp_path):
         (["index", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--model", str(setup / "model")],
          "is not a folder"),
         (["retrieve", "--text", "red", "--gallery", str(setup / "photos")], "not a gallery"),
+        (["retrieve", "--text", "red", "--gallery", str(gal), "--verify"], "--verify compares the photos with"),
+        (["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--verify-weight", "1"],
+         "--verify-weight goes with --verify"),
+        (["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--verify", "--verify-weight",
+          "-1"], "verification weight must be"),
+        (["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--verify", "--regions"],
+         "does not combine with --regions"),
     ]  # fmt: skip
     for argv, needle in cases:
         rc, _, err = run(argv, capsys)
@@ -165,3 +172,31 @@ def test_embedded_sketch_and_words_find_the_photo(tmp_path, capsys):
         assert rc == 0, err
         hits += any(Path(r["path"]).name == f"p{i:02d}.png" for r in json.loads(out)["results"])
     assert hits >= 7  # Acc@5 >= 0.7 on 10 queries
+
+
+@pytest.mark.skipif(not HAS_EMBEDDED, reason="needs the embedded encoder (duetgen/embedded/encoder)")
+def test_verify_tells_poses_of_one_shape_apart(tmp_path, capsys):
+    """Each query's photo among three photos of the same shape and attributes in other poses: --verify re-ranks by
+    the sketch's silhouette and finds it at rank 1."""
+    rng = np.random.default_rng(7)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    queries = []
+    for q in range(8):
+        inst, attrs = world.sample_instance(rng), world.sample_attributes(rng, domain="plain")
+        for j, pose in enumerate([inst, *world.pose_variants(inst, 3, rng)]):
+            Image.fromarray(world.render_photo(pose, attrs, size=64, seed=q * 4 + j)).save(photos / f"q{q}_{j}.png")
+        queries.append((inst, attrs))
+    assert run(["index", str(photos), "--out", str(tmp_path / "g"), "--quiet"], capsys)[0] == 0
+    top1 = {False: 0, True: 0}
+    for q, (inst, attrs) in enumerate(queries):
+        Image.fromarray(world.render_sketch(inst, size=64, seed=99)).save(tmp_path / "s.png")
+        for verify in (False, True):
+            argv = ["retrieve", "--sketch", str(tmp_path / "s.png"), "--text", world.words(attrs), "--gallery",
+                    str(tmp_path / "g"), "-k", "3", "--json"] + (["--verify"] if verify else [])  # fmt: skip
+            rc, out, err = run(argv, capsys)
+            assert rc == 0, err
+            res = json.loads(out)
+            top1[verify] += Path(res["results"][0]["path"]).name == f"q{q}_0.png"
+            assert ("iou" in res["results"][0]) == verify and res["verify_weight"] == (0.3 if verify else None)
+    assert top1[True] >= 7 and top1[True] > top1[False], top1
