@@ -293,6 +293,16 @@ def query_for(mode: str):
     return cache[key]
 
 
+def verifier_for(g):
+    """One silhouette verifier per gallery in the session, so each photo's silhouette is read once."""
+    from duetgen.verify import SilhouetteVerifier
+
+    kept = st.session_state.get("verifier")
+    if kept is None or kept[0] != str(g.path):
+        kept = st.session_state["verifier"] = (str(g.path), SilhouetteVerifier())
+    return kept[1]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # views
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,9 +319,14 @@ tab_retrieve, tab_generate, tab_transfer, tab_scenes = st.tabs(
 
 # --- Retrieve --------------------------------------------------------------------------------------------------
 with tab_retrieve:
-    c1, c2 = st.columns([2, 1])
+    c1, c2, c3 = st.columns([2, 1, 1])
     mode = c1.radio("Query", core.QUERY_MODES, horizontal=True, key="retrieve_mode")
     k = c2.slider("Results", 4, 24, 8, step=4, key="retrieve_k")
+    verify = c3.checkbox(
+        "Verify by silhouette", key="retrieve_verify", disabled=sketch is None or mode == core.QUERY_MODES[2],
+        help="Re-rank the top 20 by how well each photo's object fills the sketch's outline "
+             "(photos on plain backgrounds).",
+    )  # fmt: skip
     if models is None:
         st.warning("Pick a model in the sidebar first.")
     elif gallery is None:
@@ -320,14 +335,18 @@ with tab_retrieve:
         st.info("Draw or pick a sketch, or type words, to search the gallery.")
     else:
         with shown_errors():
-            (hits, seconds) = core.timed(lambda: core.search(gallery, query_for(mode), k))
+            verified = verify and sketch is not None and mode != core.QUERY_MODES[2]
+            check = {"verify_sketch": sketch, "verifier": verifier_for(gallery)} if verified else {}
+            (hits, seconds) = core.timed(lambda: core.search(gallery, query_for(mode), k, **check))
             st.caption(
-                f"Top {len(hits)} of {len(gallery)} photos · {mode.lower()} · answered in {seconds * 1000:.0f} ms"
+                f"Top {len(hits)} of {len(gallery)} photos · {mode.lower()}{' · verified' if verified else ''} · "
+                f"answered in {seconds * 1000:.0f} ms"
             )
             images = [core.result_image(h.path, image_roots) or core.placeholder("outside allowed folders")
                       for h in hits]  # fmt: skip
-            grid([core.display(im) for im in images],
-                 [f"#{i} · {h.score:.3f} · {Path(h.path).name}" for i, h in enumerate(hits, 1)])  # fmt: skip
+            labels = [f"#{i} · {h.score:.3f}" + (f" · IoU {h.iou:.2f}" if h.iou is not None else "")
+                      + f" · {Path(h.path).name}" for i, h in enumerate(hits, 1)]  # fmt: skip
+            grid([core.display(im) for im in images], labels)
 
 # --- Generate --------------------------------------------------------------------------------------------------
 with tab_generate:
@@ -373,7 +392,8 @@ with tab_generate:
 with tab_transfer:
     st.caption(
         "Keep an object's shape and pose, change what words describe. A sketch composes with the new words directly; "
-        "a photo enters as its outline, and the words are completed with the attributes the photo keeps."
+        "a photo enters as its outline, and the words are completed with the attributes the photo keeps. Retrieved "
+        "photos are verified by silhouette against that outline."
     )
     t = st.columns([1.3, 1, 1.3])
     origin = t[0].radio("Start from", ["Shipped sample", "Upload"], horizontal=True, key="transfer_origin")
@@ -417,7 +437,7 @@ with tab_transfer:
             out = {"source": core.png_bytes(core.display(preview, 192)), "as": "photo" if as_photo else "sketch",
                    "words": composed, "hits": [], "generated": []}  # fmt: skip
             if gallery is not None:
-                hits = core.search(gallery, query, 4)
+                hits = core.search(gallery, query, 4, verify_sketch=src_sketch, verifier=verifier_for(gallery))
                 out["hits"] = [(core.png_bytes(core.display(core.result_image(h.path, image_roots)
                                                             or core.placeholder("outside allowed folders"))),
                                 f"#{i} · {h.score:.3f}") for i, h in enumerate(hits, 1)]  # fmt: skip

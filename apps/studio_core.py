@@ -433,8 +433,18 @@ def photo_query(encoder, photo: Image.Image, words: str | None, sketch_size: int
         return transfer_query(encoder, [square_photo(photo)], [(words or "").strip()], size=sketch_size)
 
 
-def search(gallery: Gallery, query: torch.Tensor, k: int, regions: bool = False) -> list[SearchResult]:
-    return gallery.search(query, k=min(k, len(gallery)), regions=regions)[0]
+def search(
+    gallery: Gallery,
+    query: torch.Tensor,
+    k: int,
+    regions: bool = False,
+    verify_sketch: torch.Tensor | None = None,
+    verifier=None,
+) -> list[SearchResult]:
+    """The top ``k`` photos (or scenes with ``regions``); with ``verify_sketch`` (3, S, S), re-ranked by silhouette
+    agreement with it (:mod:`duetgen.verify`; pass a kept ``verifier`` so photo silhouettes are read once)."""
+    verify = {} if verify_sketch is None else {"verify_sketches": verify_sketch[None], "verifier": verifier}
+    return gallery.search(query, k=min(k, len(gallery)), regions=regions, **verify)[0]
 
 
 def timed(fn: Callable, *args, **kwargs):

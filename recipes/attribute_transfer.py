@@ -104,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="complete each phrase with the photo's own attributes, read zero-shot (photos only)",
     )  # fmt: skip
     p.add_argument("--gallery", default=None, help="gallery folder (default: a world gallery in the cache)")
+    p.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=True,
+        help="re-rank retrieval by silhouette agreement with the source's outline (duetgen.verify; photos on plain "
+             "backgrounds such as the world's; --no-verify for cluttered galleries)",
+    )  # fmt: skip
     p.add_argument("--gallery-size", type=int, default=256, help="photos in the default world gallery")
     p.add_argument("--cache", default=None, help="cache folder (default: $DUETGEN_CACHE or ~/.cache/duetgen)")
     p.add_argument("--k", type=int, default=3, help="retrieved photos shown per pair")
@@ -203,6 +208,11 @@ def compose_queries(
     for idx, q, h, sk in parts:
         query[idx], states[idx], sketches[idx] = q.float(), h.float(), sk
     return {"query": query, "states": states, "sketches": sketches, "words": words, "read": read}
+
+
+def verify_kwargs(composed: dict, args) -> dict:
+    """``Gallery.search`` arguments for silhouette verification against each pair's outline (or none)."""
+    return {"verify_sketches": composed["sketches"]} if args.verify else {}
 
 
 def generate(
@@ -343,7 +353,7 @@ def run(args) -> dict:
     pairs = [(item, phrase) for item in inputs for phrase in args.phrases]
     composed = compose_queries(encoder, [p[0] for p in pairs], [p[1] for p in pairs], args.photo_route, args.complete,
                                size=sketch_size(pipe))  # fmt: skip
-    hits = gallery.search(composed["query"], k=min(args.k, len(gallery)))
+    hits = gallery.search(composed["query"], k=min(args.k, len(gallery)), **verify_kwargs(composed, args))
     seeds = [args.seed + i for i in range(len(pairs))]
     images = generate(pipe, composed["sketches"], composed["query"], composed["states"], seeds, args)
     (out / "generated").mkdir(exist_ok=True)
@@ -363,7 +373,7 @@ def run(args) -> dict:
     contact_sheet(out / "sheet.png", rows, args.k)
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
               "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "photo_route": args.photo_route,
-              "complete": args.complete,
+              "complete": args.complete, "verify": args.verify,
               "pairs": records, "failed_inputs": failed,
               "sheet": str(out / "sheet.png")}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -470,7 +480,7 @@ def evaluate(args) -> dict:
     phrases = [s["phrase"] for s in sources]
     composed = compose_queries(encoder, inputs, phrases, args.photo_route, args.complete, size=sketch_size(pipe))
     queries, states = composed["query"], composed["states"]
-    hits = gallery.search(queries, k=min(max(args.k, 5), len(gallery)))
+    hits = gallery.search(queries, k=min(max(args.k, 5), len(gallery)), **verify_kwargs(composed, args))
     top = [Image.open(h[0].path).convert("RGB") for h in hits]
     rank_of_target = []
     for s, h in zip(sources, hits, strict=True):
@@ -498,7 +508,7 @@ def evaluate(args) -> dict:
               "photo_route": args.photo_route if args.eval_input == "photo" else "sketch",
               "complete": args.complete and args.eval_input == "photo", "steps": args.steps,
               "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "gallery_size": len(gallery),
-              "targets": TARGETS,
+              "verify": args.verify, "targets": TARGETS,
               "retrieval": summarise(scores["retrieval"]), "generation": summarise(scores["generation"]),
               "real_photo_ceiling": summarise(ceiling), "lpips": lp}  # fmt: skip
     read = [(r, s) for r, s in zip(composed["read"], sources, strict=True) if r is not None]
@@ -543,6 +553,7 @@ def markdown_table(r: dict) -> str:
     inputs = "sketches" if r["eval_input"] == "sketch" else "photos"
     words = ", phrases completed" if r.get("complete") else ""
     sketch_guidance = f", sketch guidance {r['sketch_guidance']}" if r.get("sketch_guidance") is not None else ""
+    sketch_guidance += ", retrieval verified by silhouette" if r.get("verify") else ""
     lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}{words}, "
              f"{r['steps']} steps, guidance {r['guidance']}{sketch_guidance}, gallery {r['gallery_size']} photos)",
              "| output | attribute success | shape kept (shape + IoU >= 0.5) | both | other attrs kept | mean IoU |",

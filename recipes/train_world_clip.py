@@ -6,11 +6,12 @@ embeddings must represent (shape, coarse position and size, orientation, colour,
 dropped at random, so a missing word means "any". A share of the batch are sketches captioned "a sketch of ...",
 as real CLIP saw line drawings. ``--label-weight`` adds an image-label term (UniCL, Yang et al. 2022): every photo
 and sketch is also classified among the shape prompts ("a photo of a star", "a sketch of a star") through the text
-tower, as web CLIP saw every common object named countless times; in-batch caption contrast alone is satisfied by
-colour and position long before it learns shape. Uses accelerate (``accelerate launch`` for several processes), logs losses, saves a
-resumable state every ``--save-every`` steps and the final encoder with ``save_pretrained``. The state is written
-to a temporary folder and swapped in atomically, and batches depend only on (seed, step), so a run killed at any
-point and continued with ``--resume`` ends bit-identical to an uninterrupted one (tests/test_crash_safety.py).
+tower, as web CLIP saw every common object named countless times (off by default: it lifts shape knowledge but
+flattens the instance detail composed retrieval needs; recipes/README.md). Uses accelerate (``accelerate launch``
+for several processes), logs losses, saves a resumable state every ``--save-every`` steps and the final encoder with
+``save_pretrained``. The state is written to a temporary folder and swapped in atomically, and batches depend only
+on (seed, step), so a run killed at any point and continued with ``--resume`` ends bit-identical to an
+uninterrupted one (tests/test_crash_safety.py).
 
     python recipes/train_world_clip.py --out runs/stage1 --steps 2000
 """
@@ -171,9 +172,7 @@ def main(argv=None) -> None:
         loss = clip_contrastive_loss(img, txt, model.clip.logit_scale)
         rec_terms = {"clip": loss.detach()}
         if args.label_weight:
-            labels = torch.as_tensor(
-                np.concatenate([groups.shapes[g, i], groups.shapes[gs, is_]]), device=acc.device
-            )
+            labels = torch.as_tensor(np.concatenate([groups.shapes[g, i], groups.shapes[gs, is_]]), device=acc.device)
             label_loss = shape_label_loss(model, img, labels, n_ph, shapes)
             loss = loss + args.label_weight * label_loss
             rec_terms["label"] = label_loss.detach()

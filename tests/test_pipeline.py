@@ -517,7 +517,9 @@ def test_sketch_guidance_scale_guides_the_sketch_and_the_query_separately(states
     calls = []
 
     def record(module, args, kwargs, out):
-        calls.append((args[0].detach().clone(), kwargs["class_labels"].clone(), kwargs["encoder_hidden_states"].clone()))
+        calls.append(
+            (args[0].detach().clone(), kwargs["class_labels"].clone(), kwargs["encoder_hidden_states"].clone())
+        )
 
     hook = pipe.unet.register_forward_hook(record, with_kwargs=True)
     try:

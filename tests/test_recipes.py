@@ -102,6 +102,7 @@ def test_attribute_transfer_end_to_end(tiny_pipe_dir, world_inputs, tmp_path):
     for i, pair in enumerate(res["pairs"]):
         assert pair["phrase"] == phrases[i % 2] and pair["seed"] == i
         assert len(pair["retrieved"]) == 2 and {r["path"] for r in pair["retrieved"]} <= gallery_paths
+        assert all("iou" in r for r in pair["retrieved"])  # verified by silhouette against the outline (default)
         assert pair["retrieved"][0]["score"] >= pair["retrieved"][1]["score"]
         assert Image.open(pair["generated"]).size == (32, 32)
     assert [p["kind"] for p in res["pairs"]] == ["sketch"] * 4 + ["photo"] * 2
@@ -131,7 +132,7 @@ def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir,
     at = load_recipe("attribute_transfer")
     res = at.main(["--evaluate", "--model", str(tiny_pipe_dir), "--evaluator", str(tiny_evaluator_dir), "--n", "6",
                    "--steps", "2", "--out", str(tmp_path / "ev")])  # fmt: skip
-    assert res["gallery_size"] == 4 * 6 and res["n"] == 6
+    assert res["gallery_size"] == 4 * 6 and res["n"] == 6 and res["verify"]
     for name in ("retrieval", "generation", "real_photo_ceiling"):
         for key in ("attribute", "shape_kept", "success", "others_kept"):
             assert 0.0 <= res[name][key] <= 1.0
@@ -168,6 +169,10 @@ def test_attribute_transfer_with_the_shipped_model(tmp_path):
     assert res["read_accuracy"]["colour"] >= 0.85 and res["read_accuracy"]["domain"] >= 0.85, res["read_accuracy"]
     assert res["retrieval"]["attribute"] >= 0.7, res["retrieval"]
     assert res["retrieval"]["target_at_5"] >= 0.75 and res["retrieval"]["others_kept"] >= 0.75, res["retrieval"]
+    # silhouette verification keeps the source's shape and pose (96 sources: shape kept 0.98, target at 1 0.91;
+    # without it 0.73 and 0.68)
+    assert res["verify"] and res["retrieval"]["shape_kept"] >= 0.85, res["retrieval"]
+    assert res["retrieval"]["target_at_1"] >= 0.75, res["retrieval"]
     assert res["generation"]["others_kept"] >= 0.55, res["generation"]
 
 

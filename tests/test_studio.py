@@ -299,3 +299,19 @@ def test_studio_uses_only_the_public_api():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("duetgen"):
                 assert node.module in public, f"{f.name} imports {node.module}"
     assert sys.modules.get("streamlit_drawable_canvas") is None or True
+
+
+def test_retrieve_verified_by_silhouette(app):
+    use_sample_sketch(app)
+    app.text_input(key="words").input("red with stripes").run()
+    app.checkbox(key="retrieve_verify").check().run()
+    assert not app.exception and errors(app) == []
+    retrieve = tab(app, "Retrieve")
+    captions = [c for im in retrieve.image for c in im.captions]
+    assert len(captions) == 8 and all(" · IoU " in c for c in captions), captions
+    assert any("verified" in c.value for c in retrieve.caption)
+    scores = [float(c.split(" · ")[1]) for c in captions]
+    assert scores == sorted(scores, reverse=True)  # re-ranked by cosine + weight x IoU
+    app.radio(key="retrieve_mode").set_value("Words only").run()  # no sketch to verify with: plain search
+    assert app.checkbox(key="retrieve_verify").disabled
+    assert not any(" · IoU " in c for im in tab(app, "Retrieve").image for c in im.captions)
