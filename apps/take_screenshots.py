@@ -127,6 +127,8 @@ def main() -> int:
         wait.until(text_present("What the model sees"))
         driver.find_element(By.CSS_SELECTOR, 'input[aria-label="Words"]').send_keys(args.words, Keys.ENTER)
         wait.until(text_present("sketch + words · answered in"))
+        wait.until(lambda d: d.find_element(By.XPATH, "//label[.//p[text()='Verify by silhouette']]")).click()
+        wait.until(text_present("sketch + words · verified · answered in"))
         time.sleep(2)
         driver.save_screenshot(str(out / "studio_retrieve.png"))
 
