@@ -295,7 +295,7 @@ def query_for(mode: str):
 
 def verifier_for(g):
     """One silhouette verifier per gallery in the session, so each photo's silhouette is read once."""
-    from duetgen.verify import SilhouetteVerifier
+    from duetgen import SilhouetteVerifier
 
     kept = st.session_state.get("verifier")
     if kept is None or kept[0] != str(g.path):

@@ -35,6 +35,7 @@ _LAZY = {
     "SketchLimits": "sketch_input",
     "load_sketch": "sketch_input",
     "read_sketch": "sketch_input",
+    "SilhouetteVerifier": "verify",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported through __all__
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported 
     from .pipelines import DuetGenPipeline, load_pipeline
     from .scene_retrieval import RegionConfig, search_scenes
     from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
+    from .verify import SilhouetteVerifier
 
 
 def __getattr__(name: str):
