@@ -39,6 +39,19 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         "three UNet passes per guided step instead of two). Default: sketch and words share --guidance",
     )
     p.add_argument(
+        "--image",
+        default=None,
+        help="start from this picture instead of pure noise (image-to-image, SDEdit): its layout and pose survive, "
+        "the words restyle it; pair it with its --sketch to pin the outline as well",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="with --image, how much of it is redone, in (0, 1] (default 0.8): lower keeps more of the picture "
+        "(0.6 keeps the shape but often the old style too), 1 keeps only a trace",
+    )
+    p.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
         default=None,
@@ -85,6 +98,12 @@ def _generate(args: argparse.Namespace) -> int:
         raise DuetgenInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if args.sketch_guidance is not None and (not math.isfinite(args.sketch_guidance) or args.sketch_guidance < 0):
         raise DuetgenInputError(f"--sketch-guidance must be a finite number >= 0, got {args.sketch_guidance}")
+    if args.strength is not None and args.image is None:
+        raise DuetgenInputError("--strength goes with --image: pass the picture to start from")
+    if args.strength is not None and not (math.isfinite(args.strength) and 0 < args.strength <= 1):
+        raise DuetgenInputError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.image is not None and not Path(args.image).is_file():
+        raise DuetgenInputError(f"--image '{args.image}' is not a file")
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise DuetgenInputError(f"--out must end in one of {', '.join(IMAGE_SUFFIXES)}, got '{out}'")
@@ -109,6 +128,9 @@ def _generate(args: argparse.Namespace) -> int:
         kwargs["guidance_scale"] = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
     if args.sketch_guidance is not None:
         kwargs["sketch_guidance_scale"] = args.sketch_guidance
+    if args.image is not None:
+        kwargs["image"] = args.image
+        kwargs["strength"] = args.strength
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     try:
         images = pipe(

@@ -32,6 +32,9 @@ in generation 0.76 of the time instead of 0.31. ``--no-complete`` uses the phras
 
 Either way the generator's sketch channel receives the extracted outline, so the generated object keeps the photo's
 pose; a sketch input is used as its own sketch channel, with the phrase as typed (a sketch has no colour to keep).
+``--strength S`` starts a photo's generation from the photo itself, noised to level S (image-to-image): it keeps
+shape and background better but the old style too, so it suits recolouring, not domain changes (measured in
+``recipes/README.md``).
 
 ``--evaluate`` measures attribute transfer on held-out world items (world seed 888_000+, disjoint from training
 (< 10_000), the evaluator (555_000+), the generation benchmark (777_000+) and the twin benchmark (987_654)): source
@@ -116,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=3.0, help="guidance_scale")
     p.add_argument("--sketch-guidance", type=float, default=None,
                    help="sketch_guidance_scale: a separate weight for the outline (default: --guidance)")  # fmt: skip
+    p.add_argument("--strength", type=float, default=None,
+                   help="photo inputs: start generation from the photo itself, noised to this level in (0, 1] "
+                        "(image-to-image, SDEdit); default: from pure noise")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="pair i is generated with seed + i")
     p.add_argument("--batch", type=int, default=16, help="pairs per pipeline call")
     p.add_argument("--out", default="attribute_transfer", help="output folder")
@@ -131,6 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(not ph.strip() for ph in args.phrases):
         p.error("--phrases must not contain empty phrases")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        p.error(f"--strength must be in (0, 1], got {args.strength}")
     return args
 
 
@@ -216,18 +224,38 @@ def verify_kwargs(composed: dict, args) -> dict:
 
 
 def generate(
-    pipe, sketches: torch.Tensor, queries: torch.Tensor, states: torch.Tensor, seeds: list[int], args
+    pipe,
+    sketches: torch.Tensor,
+    queries: torch.Tensor,
+    states: torch.Tensor,
+    seeds: list[int],
+    args,
+    starts: list[Image.Image | None] | None = None,
 ) -> np.ndarray:
-    """(B, S, S, 3) float images; row i from ``seeds[i]`` whatever the batching."""
-    out = []
-    for s in range(0, len(queries), args.batch):
-        sl = slice(s, s + args.batch)
-        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds[sl]]
-        res = pipe(sketch=sketches[sl], query_embeds=queries[sl], query_token_embeds=states[sl],
-                   num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
-                   sketch_guidance_scale=args.sketch_guidance, output_type="np")  # fmt: skip
-        out.append(np.asarray(res.images, dtype=np.float32))
-    return np.concatenate(out)
+    """(B, S, S, 3) float images; row i from ``seeds[i]`` whatever the batching.
+
+    ``starts``: per row, a photo to start from (image-to-image at ``args.strength``) or None (from noise); rows of
+    the two kinds go through the pipeline in separate batches.
+    """
+    n = len(queries)
+    starts = starts if starts is not None and args.strength is not None else [None] * n
+    out = np.empty((n, pipe.sample_size, pipe.sample_size, 3), dtype=np.float32)
+    for rows in ([i for i in range(n) if starts[i] is None], [i for i in range(n) if starts[i] is not None]):
+        for s in range(0, len(rows), args.batch):
+            idx = rows[s : s + args.batch]
+            gens = [torch.Generator().manual_seed(int(seeds[i])) for i in idx]
+            from_photo = starts[idx[0]] is not None
+            start = {"image": [starts[i] for i in idx], "strength": args.strength} if from_photo else {}
+            res = pipe(sketch=sketches[idx], query_embeds=queries[idx], query_token_embeds=states[idx],
+                       num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
+                       sketch_guidance_scale=args.sketch_guidance, output_type="np", **start)  # fmt: skip
+            out[idx] = np.asarray(res.images, dtype=np.float32)
+    return out
+
+
+def photo_starts(inputs: list[dict]) -> list[Image.Image | None]:
+    """Per input, the photo generation starts from with ``--strength`` (None for sketches: they have no pixels)."""
+    return [item["display"] if item["kind"] == "photo" else None for item in inputs]
 
 
 def cache_dir(args) -> Path:
@@ -355,7 +383,8 @@ def run(args) -> dict:
                                size=sketch_size(pipe))  # fmt: skip
     hits = gallery.search(composed["query"], k=min(args.k, len(gallery)), **verify_kwargs(composed, args))
     seeds = [args.seed + i for i in range(len(pairs))]
-    images = generate(pipe, composed["sketches"], composed["query"], composed["states"], seeds, args)
+    images = generate(pipe, composed["sketches"], composed["query"], composed["states"], seeds, args,
+                      starts=photo_starts([p[0] for p in pairs]))  # fmt: skip
     (out / "generated").mkdir(exist_ok=True)
     records, rows = [], []
     for i, ((item, phrase), res, image) in enumerate(zip(pairs, hits, images, strict=True)):
@@ -372,7 +401,8 @@ def run(args) -> dict:
                      "retrieved": [Image.open(r.path) for r in res], "generated": to_pil(image)})  # fmt: skip
     contact_sheet(out / "sheet.png", rows, args.k)
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
-              "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "photo_route": args.photo_route,
+              "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "strength": args.strength,
+              "photo_route": args.photo_route,
               "complete": args.complete, "verify": args.verify,
               "pairs": records, "failed_inputs": failed,
               "sheet": str(out / "sheet.png")}  # fmt: skip
@@ -488,7 +518,7 @@ def evaluate(args) -> dict:
         want = f"{s['index']:05d}_target.png"
         rank_of_target.append(names.index(want) + 1 if want in names else math.inf)
     seeds = [args.seed + i for i in range(len(sources))]
-    images = generate(pipe, composed["sketches"], queries, states, seeds, args)
+    images = generate(pipe, composed["sketches"], queries, states, seeds, args, starts=photo_starts(inputs))
 
     scores = {"retrieval": score_outputs(evaluator, top, sources),
               "generation": score_outputs(evaluator, images, sources)}  # fmt: skip
@@ -508,6 +538,7 @@ def evaluate(args) -> dict:
               "photo_route": args.photo_route if args.eval_input == "photo" else "sketch",
               "complete": args.complete and args.eval_input == "photo", "steps": args.steps,
               "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "gallery_size": len(gallery),
+              "strength": args.strength if args.eval_input == "photo" else None,
               "verify": args.verify, "targets": TARGETS,
               "retrieval": summarise(scores["retrieval"]), "generation": summarise(scores["generation"]),
               "real_photo_ceiling": summarise(ceiling), "lpips": lp}  # fmt: skip
@@ -553,6 +584,7 @@ def markdown_table(r: dict) -> str:
     inputs = "sketches" if r["eval_input"] == "sketch" else "photos"
     words = ", phrases completed" if r.get("complete") else ""
     sketch_guidance = f", sketch guidance {r['sketch_guidance']}" if r.get("sketch_guidance") is not None else ""
+    sketch_guidance += f", from the photo at strength {r['strength']}" if r.get("strength") is not None else ""
     sketch_guidance += ", retrieval verified by silhouette" if r.get("verify") else ""
     lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}{words}, "
              f"{r['steps']} steps, guidance {r['guidance']}{sketch_guidance}, gallery {r['gallery_size']} photos)",

@@ -130,6 +130,30 @@ def test_sketch_guidance_is_the_pipelines_two_scale_guidance(model_dir, sketch_f
     assert np.abs(two - cli("one.png")).max() > 0  # and it changes the picture
 
 
+def test_image_and_strength_are_the_pipelines_image_to_image(model_dir, sketch_file, tmp_path):
+    from duetgen.pipelines import load_pipeline
+
+    start = np.zeros((40, 40, 3), np.uint8)
+    start[8:32, 8:32] = (230, 30, 30)
+    start_file = tmp_path / "start.png"
+    PIL.Image.fromarray(start).save(start_file)
+
+    def cli(name, *extra):
+        argv = ["generate", "--sketch", str(sketch_file), "--text", "blue", "--out", str(tmp_path / name), "--steps",
+                "4", "--model", str(model_dir), "--unet-dtype", "float32", *extra]  # fmt: skip
+        assert main(argv) == 0
+        return np.asarray(PIL.Image.open(tmp_path / name), dtype=int)
+
+    kept = cli("kept.png", "--image", str(start_file), "--strength", "0.5")
+    pipe = load_pipeline(model_dir, unet_dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    api = pipe(sketch=str(sketch_file), text="blue", num_inference_steps=4, image=str(start_file), strength=0.5,
+               generator=torch.Generator().manual_seed(0), output_type="np").images[0]  # fmt: skip
+    assert np.abs(kept - np.round(api * 255)).max() <= 1  # the CLI passes both flags through
+    assert np.abs(kept - cli("noise.png")).max() > 0
+    assert np.abs(cli("default.png", "--image", str(start_file)) - kept).max() > 0  # default strength 0.8
+
+
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler", "euler-ancestral"])
 def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
     out = tmp_path / "grid.png"
@@ -167,6 +191,8 @@ def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
         (["--text", "red", "--out", "x.png", "--guidance", "-2"], "--guidance"),
         (["--text", "red", "--out", "x.png", "--sketch-guidance", "nan"], "--sketch-guidance must be"),
         (["--text", "red", "--out", "x.gif"], "--out must end in"),
+        (["--text", "red", "--out", "x.png", "--strength", "0.5"], "--strength goes with --image"),
+        (["--text", "red", "--out", "x.png", "--image", "no-such-photo.png"], "--image 'no-such-photo.png' is not"),
         (["--sketch", "no-such-file.png", "--out", "x.png"], "is not a file"),
         (["--text", "red", "--out", "x.png", "--model", "no/such/folder"], "does not exist"),
     ],

@@ -222,3 +222,41 @@ def test_shipped_generator_with_ddim_keeps_the_request(evaluator):
     s = generate_held_out(evaluator, 8, "ddim")
     assert s["colour"] >= 6 / 8 and s["domain"] >= 7 / 8, s
     assert s["iou"] >= 0.5, s
+
+
+@shipped
+def test_shipped_generator_image_to_image_recolours_a_photo_in_place(evaluator):
+    """image= / strength=: starting from a held-out photo at strength 0.6, the shipped generator paints the new
+    colour the words ask for and keeps the photo's object where it was (recipes/README.md, 96 colour/pattern/domain
+    changes: colour success 0.94, shape kept 0.91)."""
+    from duetgen.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    names = list(world.COLOURS)
+    insts, targets, photos, sketches = [], [], [], []
+    for i in range(6):
+        rng = np.random.default_rng([777_100, i])
+        inst, att = world.sample_instance(rng), world.sample_attributes(rng)
+        new = names[(names.index(att.colour) + 1 + i) % len(names)]
+        insts.append(inst)
+        targets.append(world.Attributes(**{**att.to_dict(), "colour": new}))
+        photos.append(world.render_photo(inst, att, 64, seed=i))
+        sketches.append(world.render_sketch(inst, 64, seed=i))
+    sk = torch.from_numpy(np.stack(sketches)).float().div(255)[:, None].expand(-1, 3, -1, -1)
+    start = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    kw = dict(sketch=sk, text=[world.words(a) for a in targets], num_inference_steps=25, output_type="np")
+    images = pipe(image=start, strength=0.6, generator=torch.Generator().manual_seed(0), **kw).images
+    s = summarise(evaluator.score(images, [{"instance": i, "attrs": a} for i, a in zip(insts, targets, strict=True)]))
+    assert s["colour"] >= 5 / 6, s  # the new colour, not the photo's
+    assert s["iou"] >= 0.7, s  # the photo's object, where it was
+    # and the photo's own background survives: closer to it than the same request drawn from noise (measured 0.031
+    # against 0.043 mean absolute difference outside the object)
+    fresh = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    outside = [~np.asarray(instance_mask(inst, 64), dtype=bool) for inst in insts]
+    photos_f = np.stack(photos).astype(np.float32) / 255
+
+    def off_background(gen):
+        return float(np.mean([np.abs(g - p)[m].mean() for g, p, m in zip(gen, photos_f, outside, strict=True)]))
+
+    assert off_background(images) < 0.85 * off_background(fresh), (off_background(images), off_background(fresh))

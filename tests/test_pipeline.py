@@ -545,3 +545,108 @@ def test_sketch_guidance_scale_guides_the_sketch_and_the_query_separately(states
     for bad in (-1.0, float("nan"), True, "2"):
         with pytest.raises(ValueError, match="sketch_guidance_scale"):
             run(pipe, sketch_guidance_scale=bad, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image-to-image (SDEdit): image= and strength=
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def photo(h: int = 32, w: int = 32) -> torch.Tensor:
+    """A red square on grey, (3, h, w) in [0, 1]."""
+    x = torch.full((3, h, w), 0.6)
+    x[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    return x
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm", "euler"])
+def test_image_to_image_starts_from_the_image_noised_to_the_first_kept_step(pipe, scheduler):
+    """strength s of N steps: the last round(s N) timesteps run, from add_noise(image, noise, first kept t)."""
+    from duetgen.pipelines import make_scheduler
+
+    p = DuetGenPipeline(encoder=pipe.encoder, unet=pipe.unet, conditioner=pipe.conditioner,
+                        scheduler=make_scheduler(scheduler, pipe.scheduler.config))  # fmt: skip
+    p.set_progress_bar_config(disable=True)
+    seen = []
+
+    def record(module, args, kwargs, out):
+        seen.append((int(args[1].flatten()[0]) if torch.is_tensor(args[1]) else int(args[1]), args[0][:1, :3].clone()))
+
+    hook = p.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        run(p, sketch=sketch(), text="red", image=photo(), strength=0.5, num_inference_steps=4, guidance_scale=1.0)
+    finally:
+        hook.remove()
+    p.scheduler.set_timesteps(4)
+    kept = [int(t) for t in p.scheduler.timesteps[2:]]
+    assert [t for t, _ in seen] == kept  # only the last half of the trajectory
+    noise = torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    p.scheduler.set_timesteps(4)
+    if hasattr(p.scheduler, "set_begin_index"):
+        p.scheduler.set_begin_index(2)
+    start = p.scheduler.add_noise(photo()[None] * 2 - 1, noise, p.scheduler.timesteps[2:3])
+    assert torch.allclose(seen[0][1], p.scheduler.scale_model_input(start, p.scheduler.timesteps[2]), atol=1e-5)
+
+
+def test_image_to_image_keeps_more_of_the_image_at_lower_strength(pipe):
+    kw = dict(sketch=sketch(), text="red", num_inference_steps=8)
+    target = photo()
+    far = [(run(pipe, image=target, strength=s, **kw).images[0] - target).abs().mean() for s in (0.25, 0.5, 1.0)]
+    assert far[0] < far[1] < far[2], far
+    plain = run(pipe, **kw).images
+    assert not torch.equal(run(pipe, image=target, strength=1.0, **kw).images, plain)  # still starts at the image
+    # one image for every prompt, or one per prompt; reproducible per seed
+    two = run(pipe, sketch=[sketch(), sketch(2)], text="red", image=target, strength=0.5, num_inference_steps=8)
+    again = run(pipe, sketch=[sketch(), sketch(2)], text="red", image=[target, target], strength=0.5,
+                num_inference_steps=8)  # fmt: skip
+    assert two.images.shape == (2, 3, 32, 32) and torch.equal(two.images, again.images)
+
+
+def test_image_to_image_reads_files_arrays_and_crops_to_a_square(pipe, tmp_path):
+    wide = photo(32, 64)  # centre-cropped to its middle 32 x 32
+    path = tmp_path / "wide.png"
+    PIL.Image.fromarray((wide.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    from_file = pipe.prepare_image(str(path), 1)
+    assert from_file.shape == (1, 3, 32, 32) and from_file.min() >= -1 and from_file.max() <= 1
+    expected = wide[:, :, 16:48] * 2 - 1
+    assert (from_file[0] - expected).abs().max() < 2 / 255 + 1e-6
+    arr = (wide.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert torch.allclose(pipe.prepare_image(arr, 1), from_file, atol=1e-6)
+    assert torch.allclose(pipe.prepare_image(PIL.Image.open(path), 1), from_file, atol=1e-6)
+    big = pipe.prepare_image(photo(128, 128), 3)  # downscaled, repeated to the prompts
+    assert big.shape == (3, 3, 32, 32)
+
+
+def test_image_to_image_errors_name_the_problem(pipe, tmp_path):
+    kw = dict(sketch=sketch(), text="red", num_inference_steps=4)
+    with pytest.raises(ValueError, match="strength goes with image"):
+        run(pipe, strength=0.5, **kw)
+    for bad in (0, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="strength must be"):
+            run(pipe, image=photo(), strength=bad, **kw)
+    with pytest.raises(ValueError, match="runs no step"):
+        run(pipe, image=photo(), strength=0.1, **kw)
+    with pytest.raises(duetgen.DuetgenInputError, match="does not exist"):
+        run(pipe, image=str(tmp_path / "missing.png"), **kw)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    with pytest.raises(duetgen.DuetgenInputError, match="corrupt.png"):
+        run(pipe, image=str(corrupt), **kw)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(duetgen.DuetgenInputError, match="is not an image"):
+        run(pipe, image=str(text), **kw)
+    with pytest.raises(ValueError, match="2 images for 3 prompts"):
+        run(pipe, sketch=[sketch()] * 3, text="red", image=[photo(), photo()], num_inference_steps=4)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run(pipe, image=photo() * 2, **kw)
+    with pytest.raises(ValueError, match="image must be a path"):
+        run(pipe, image=12, **kw)
+
+
+def test_image_to_image_refuses_huge_files_before_decoding(pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("DUETGEN_MAX_PIXELS", "1000")
+    path = tmp_path / "big.png"
+    PIL.Image.new("RGB", (40, 40), "white").save(path)
+    with pytest.raises(duetgen.DuetgenInputError, match="too large.*DUETGEN_MAX_PIXELS"):
+        run(pipe, sketch=sketch(), text="red", image=str(path), num_inference_steps=4)

@@ -128,6 +128,24 @@ def test_attribute_transfer_end_to_end(tiny_pipe_dir, world_inputs, tmp_path):
     assert np.array_equal(first, np.asarray(Image.open(res2["pairs"][0]["generated"])))
 
 
+def test_attribute_transfer_strength_starts_photos_from_themselves(tiny_pipe_dir, world_inputs, tmp_path):
+    """--strength: photo inputs start from the photo (image-to-image); sketches, which have no pixels, do not."""
+    at = load_recipe("attribute_transfer")
+    base = ["--model", str(tiny_pipe_dir), "--sketches", str(world_inputs["sketches"][0]), "--photos",
+            str(world_inputs["photos"][0]), "--phrases", "in blue", "--steps", "4", "--k", "1", "--gallery-size", "6",
+            "--cache", str(tmp_path / "cache"), "--no-verify"]  # fmt: skip
+    plain = at.main([*base, "--out", str(tmp_path / "plain")])
+    start = at.main([*base, "--strength", "0.5", "--out", str(tmp_path / "start")])
+    assert start["strength"] == 0.5 and plain["strength"] is None
+    img = [[np.asarray(Image.open(p["generated"]), dtype=int) for p in r["pairs"]] for r in (plain, start)]
+    assert [p["kind"] for p in start["pairs"]] == ["sketch", "photo"]
+    assert np.array_equal(img[0][0], img[1][0])  # the sketch row is generated as before
+    photo = np.asarray(Image.open(world_inputs["photos"][0]).convert("RGB").resize((32, 32)), dtype=int)
+    assert np.abs(img[1][1] - photo).mean() < np.abs(img[0][1] - photo).mean()  # closer to the photo it started at
+    with pytest.raises(SystemExit):
+        at.parse_args(["--strength", "0"])
+
+
 def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir, tmp_path):
     at = load_recipe("attribute_transfer")
     res = at.main(["--evaluate", "--model", str(tiny_pipe_dir), "--evaluator", str(tiny_evaluator_dir), "--n", "6",

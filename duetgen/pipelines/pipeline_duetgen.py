@@ -315,6 +315,68 @@ class DuetGenPipeline(DiffusionPipeline):
         image = load_sketch(item, fit=self.encoder.config.sketch_fit, size=load_size, limits=sketch_limits())
         return image[None]  # (1, 3, H, W)
 
+    def prepare_image(self, image, n_images: int, device: torch.device | None = None) -> torch.Tensor:
+        """Reads the starting image(s) of image-to-image generation (SDEdit).
+
+        Args:
+            image: a path, PIL image, numpy array (H, W, 3) (uint8, or float in [0, 1]), tensor (3, H, W) /
+                (B, 3, H, W) in [0, 1], or a list of them: one for every prompt or one per prompt. A non-square
+                image is centre-cropped to a square, then resized to the generator's side.
+            n_images: the number of prompts; a single image is repeated to it.
+
+        Returns:
+            (n_images, 3, S, S) float32 in [-1, 1], the generator's pixel space.
+
+        Raises:
+            DuetgenInputError: a file is missing, unreadable, not an image or over the pixel limit.
+            ValueError: an array or tensor has the wrong shape or range, or the count does not match the prompts.
+        """
+        device = device or self._execution_device
+        items = list(image) if isinstance(image, (list, tuple)) else [image]
+        x = torch.cat([self._read_image(item) for item in items], dim=0)  # (n, 3, S, S) in [0, 1]
+        if x.shape[0] == 1 and n_images > 1:
+            x = x.expand(n_images, -1, -1, -1)
+        elif x.shape[0] != n_images:
+            raise ValueError(f"got {x.shape[0]} images for {n_images} prompts: pass one image, or one per prompt")
+        return (x * 2 - 1).to(device=device, dtype=torch.float32)
+
+    def _read_image(self, item) -> torch.Tensor:
+        """One image source -> (n, 3, S, S) float in [0, 1], centre-cropped and resized to ``sample_size``."""
+        import torch.nn.functional as F
+
+        if isinstance(item, torch.Tensor):
+            x = item.detach().float().cpu()
+            x = x[None] if x.ndim == 3 else x
+            if x.ndim != 4 or x.shape[1] not in (1, 3):
+                raise ValueError(f"image tensors must be (3|1, H, W) or (B, 3|1, H, W), got {tuple(item.shape)}")
+            if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+                raise ValueError(
+                    f"image tensors must hold values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+                )
+            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        elif isinstance(item, np.ndarray):
+            a = item
+            if a.ndim == 2:
+                a = a[..., None].repeat(3, axis=2)
+            if a.ndim != 3 or a.shape[2] not in (3, 4):
+                raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+            a = a[..., :3].astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
+            if a.size and (float(a.min()) < 0 or float(a.max()) > 1):
+                raise ValueError("float image arrays must hold values in [0, 1]")
+            x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+        else:
+            x = _photo_tensor(item)
+        h, w = x.shape[-2:]
+        if h == 0 or w == 0:
+            raise ValueError(f"the image has no pixels ({w}x{h})")
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[..., top : top + side, left : left + side]
+        size = self.sample_size
+        if side != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=side > size, align_corners=False)
+        return x.clamp(0, 1)
+
     @torch.no_grad()
     def encode_query(
         self,
@@ -444,6 +506,8 @@ class DuetGenPipeline(DiffusionPipeline):
         guidance_interval: tuple[float, float] = (0.0, 0.7),
         query_token_embeds: torch.Tensor | None = None,
         sketch_guidance_scale: float | None = None,
+        image: SketchInput | list[SketchInput] | None = None,
+        strength: float | None = None,
     ) -> DuetGenPipelineOutput | tuple:
         """Generates images from a sketch, words, or both.
 
@@ -479,6 +543,12 @@ class DuetGenPipeline(DiffusionPipeline):
                 al. 2023): ``eps(null, blank) + sketch_guidance_scale * (eps(null, sketch) - eps(null, blank)) +
                 guidance_scale * (eps(query, sketch) - eps(null, sketch))``, three UNet passes per guided step
                 instead of two. ``None`` (the default) guides sketch and query together by ``guidance_scale``.
+            image: a starting image for image-to-image generation (SDEdit, Meng et al. 2022): a path, PIL image,
+                array or tensor in [0, 1] (see :meth:`prepare_image`), one for all prompts or one per prompt. It is
+                noised to the level ``strength`` and denoised from there under the sketch and the query, so its
+                layout survives and the words restyle it: attribute transfer from a photo.
+            strength: with ``image``, how much of it is redone, in (0, 1]: the last ``strength`` share of the
+                ``num_inference_steps`` steps run (default 0.8); 1 starts from pure noise as without an image.
 
         Returns:
             :class:`DuetGenPipelineOutput` (``images``, ``query_embeds``), or a tuple when ``return_dict=False``.
@@ -531,7 +601,26 @@ class DuetGenPipeline(DiffusionPipeline):
                 f"sketch_guidance_scale must be a finite number >= 0 or None, got {sketch_guidance_scale!r}"
             )
         do_cfg = do_cfg or sketch_branch
+        if strength is not None and image is None:
+            raise ValueError("strength goes with image (image-to-image): pass the starting image too")
+        if image is not None:
+            strength = 0.8 if strength is None else strength
+            if (
+                isinstance(strength, bool)
+                or not isinstance(strength, (int, float))
+                or not math.isfinite(strength)
+                or not 0 < strength <= 1
+            ):
+                raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+            if round(num_inference_steps * strength) < 1:
+                raise ValueError(
+                    f"strength {strength} of {num_inference_steps} steps runs no step: raise strength or the steps"
+                )
         n_images = batch_size * num_images_per_prompt
+        init_images = None
+        if image is not None:  # read before any model work, so a bad file fails fast
+            init_images = self.prepare_image(image, batch_size, torch.device("cpu"))
+            init_images = init_images.repeat_interleave(num_images_per_prompt, dim=0)
 
         # 2. Read the sketch: encoder input and the UNet's sketch channel (blank without a sketch)
         sketch_images, sketch_in = self.prepare_sketch(sketch, batch_size, device)
@@ -567,7 +656,16 @@ class DuetGenPipeline(DiffusionPipeline):
         # 5. Timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(n_images, torch.float32, device, generator, latents)
+        if init_images is None:
+            latents = self.prepare_latents(n_images, torch.float32, device, generator, latents)
+        else:  # SDEdit: the starting image noised to the first step kept (``latents``, if given, is that noise)
+            t_start = (num_inference_steps - round(num_inference_steps * strength)) * self.scheduler.order
+            timesteps = timesteps[t_start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(t_start)
+            noise = self.prepare_latents(n_images, torch.float32, device, generator, latents)
+            noise = noise / self.scheduler.init_noise_sigma
+            latents = self.scheduler.add_noise(init_images.to(device), noise, timesteps[:1].repeat(n_images))
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 6. Denoising loop
@@ -615,6 +713,53 @@ class DuetGenPipeline(DiffusionPipeline):
         if not return_dict:
             return images, query
         return DuetGenPipelineOutput(images=images, query_embeds=query, query_token_embeds=states)
+
+
+def _photo_tensor(item) -> torch.Tensor:
+    """A path or PIL image -> (1, 3, H, W) float in [0, 1]; one-line errors for missing, corrupt or huge files."""
+    import warnings
+
+    from PIL import ImageOps
+
+    from ..limits import sketch_limits
+
+    limits = sketch_limits()
+    if isinstance(item, PIL.Image.Image):
+        name, im = "the image", item
+    elif isinstance(item, (str, os.PathLike)):
+        name = str(item)
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DuetgenInputError(f"image {name!r} does not exist or is not a file: check the path")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+                im = PIL.Image.open(path)
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+            raise DuetgenInputError(
+                f"image {name!r} is too large (a possible decompression bomb): downscale it first"
+            ) from err
+        except PIL.Image.UnidentifiedImageError as err:
+            raise DuetgenInputError(f"image {name!r} is not an image: pass a PNG, JPEG or WebP photo") from err
+        except OSError as err:
+            raise DuetgenInputError(f"image {name!r} cannot be read: {err.strerror or err}") from err
+    else:
+        raise ValueError(
+            f"image must be a path, PIL image, numpy array or tensor (or a list of them), got {type(item).__name__}"
+        )
+    width, height = im.size
+    if width * height > limits.max_pixels:
+        raise DuetgenInputError(
+            f"image {name!r} is too large: {width}x{height} is over the limit of {limits.max_pixels:,} pixels "
+            "(DUETGEN_MAX_PIXELS): downscale it first"
+        )
+    try:
+        im.load()
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
+        line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DuetgenInputError(f"image {name!r} could not be decoded: truncated or corrupt ({line})") from err
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
 class _UNetCall(torch.nn.Module):
