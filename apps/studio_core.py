@@ -522,8 +522,11 @@ def generate(
     scheduler: str = "DDPM",
     n_images: int = 1,
     on_step: Callable[[int, int], None] | None = None,
+    image: Image.Image | None = None,
+    strength: float | None = None,
 ) -> list[Image.Image]:
-    """Images from a sketch and/or words (or a ready query), with the chosen scheduler.
+    """Images from a sketch and/or words (or a ready query), with the chosen scheduler; with ``image``, starting from
+    that picture noised to ``strength`` (image-to-image) instead of pure noise.
 
     Raises:
         DuetgenInputError: the model has no generator, or there is nothing to generate from.
@@ -540,9 +543,12 @@ def generate(
 
     pipe = models.pipe
 
+    start = {} if image is None else {"image": image, "strength": strength}
+    runs = int(steps) if image is None else max(1, round(int(steps) * (0.8 if strength is None else strength)))
+
     def callback(_pipe, i, _t, kwargs):
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, runs)
         return {}
 
     with models.lock:  # the scheduler object is shared: one generation at a time
@@ -558,6 +564,7 @@ def generate(
             num_images_per_prompt=int(n_images),
             output_type="pil",
             callback_on_step_end=callback,
+            **start,
         )
     return list(out.images)
 

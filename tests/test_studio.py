@@ -168,6 +168,32 @@ def test_attribute_transfer_photo_and_sketch(app):
         assert sum(c.startswith("seed") for c in captions) == 2  # generated
 
 
+def test_attribute_transfer_keeps_the_photos_look_when_asked(app):
+    """'Keep the photo's look': a photo's generation starts from the photo (image-to-image) at the chosen strength."""
+    app.radio(key="transfer_origin").set_value("Shipped sample").run()
+    app.selectbox(key="transfer_sample").set_value("star (photo)").run()
+    app.slider(key="gen_steps").set_value(8).run()
+    photo = Image.open(REPO / "samples" / "world" / "00_star_photo.png").convert("RGB")
+
+    def transfer(keep: bool) -> tuple[float, list[str]]:
+        app.checkbox(key="transfer_keep_look").set_value(keep).run()
+        app.button(key="transfer").click().run()
+        assert not app.exception and errors(app) == [], errors(app)
+        pngs = app.session_state["transfer_result"]["generated"]
+        gen = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), dtype=float) for p in pngs]
+        ref = np.asarray(photo.resize(Image.open(io.BytesIO(pngs[0])).size), dtype=float)
+        captions = [c for im in tab(app, "Attribute transfer").image for c in im.captions if c.startswith("seed")]
+        return float(np.mean([np.abs(g - ref).mean() for g in gen])), captions
+
+    app.checkbox(key="transfer_keep_look").set_value(True).run()
+    app.slider(key="transfer_strength").set_value(0.3).run()  # enabled once the box is ticked
+    kept, kept_captions = transfer(True)
+    fresh, captions = transfer(False)
+    assert kept < fresh, (kept, fresh)  # closer to the photo it started from
+    assert all("from the photo at 0.30" in c for c in kept_captions) and len(kept_captions) == 2
+    assert not any("from the photo" in c for c in captions)
+
+
 def test_attribute_transfer_uploaded_photo(app):
     app.radio(key="transfer_origin").set_value("Upload").run()
     rng = np.random.default_rng(0)
