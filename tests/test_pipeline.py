@@ -600,6 +600,8 @@ def test_image_to_image_keeps_more_of_the_image_at_lower_strength(pipe):
     again = run(pipe, sketch=[sketch(), sketch(2)], text="red", image=[target, target], strength=0.5,
                 num_inference_steps=8)  # fmt: skip
     assert two.images.shape == (2, 3, 32, 32) and torch.equal(two.images, again.images)
+    pair = run(pipe, image=target, strength=0.5, num_images_per_prompt=2, **kw).images  # two draws from one start
+    assert pair.shape == (2, 3, 32, 32) and not torch.equal(pair[0], pair[1])
 
 
 def test_image_to_image_reads_files_arrays_and_crops_to_a_square(pipe, tmp_path):
