@@ -36,6 +36,7 @@ _LAZY = {
     "load_sketch": "sketch_input",
     "read_sketch": "sketch_input",
     "SilhouetteVerifier": "verify",
+    "SceneVerifier": "verify",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported through __all__
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported 
     from .pipelines import DuetGenPipeline, load_pipeline
     from .scene_retrieval import RegionConfig, search_scenes
     from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
-    from .verify import SilhouetteVerifier
+    from .verify import SceneVerifier, SilhouetteVerifier
 
 
 def __getattr__(name: str):

@@ -135,11 +135,16 @@ def _retrieve_args(p: argparse.ArgumentParser) -> None:
         "--verify",
         action="store_true",
         help="re-rank the top 20 by how well each photo's object silhouette fills the sketch's outline (score = "
-        "cosine + weight x IoU); for photos on plain backgrounds (product shots, the procedural world); needs "
-        "--sketch",
+        "cosine + weight x IoU); with --regions, re-score each scene by its best object instead (its crop's cosine "
+        "+ weight x shape agreement at any rotation) and box that object; for photos on plain backgrounds (product "
+        "shots, the procedural world); needs --sketch",
     )
     p.add_argument(
-        "--verify-weight", type=float, default=None, metavar="W", help="weight of the IoU with --verify (default 0.3)"
+        "--verify-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the IoU with --verify (default 0.3; with --regions 1.0)",
     )
 
 
@@ -177,11 +182,10 @@ def _retrieve(args: argparse.Namespace) -> int:
     if args.verify:
         if args.sketch is None:
             raise DuetgenInputError("--verify compares the photos with the sketch's outline: give --sketch")
-        if args.regions:
-            raise DuetgenInputError("--verify compares whole photos; it does not combine with --regions")
         from .verify import DEFAULT_WEIGHT, SilhouetteVerifier
 
-        verifier = SilhouetteVerifier(weight=DEFAULT_WEIGHT if args.verify_weight is None else args.verify_weight)
+        weight = DEFAULT_WEIGHT if args.verify_weight is None else args.verify_weight
+        verifier = SilhouetteVerifier(weight=weight)  # checks the weight before any model is loaded
     gallery_dir = Path(os.path.expanduser(args.gallery))
     if not gallery_dir.is_dir():
         raise DuetgenInputError(f"--gallery '{args.gallery}' is not a folder; build one with 'duetgen index'")
@@ -190,6 +194,10 @@ def _retrieve(args: argparse.Namespace) -> int:
                                 "'duetgen index'")  # fmt: skip
     encoder, _ = _load_model(_model_for(gallery_dir, args.model))
     gallery = Gallery.open(gallery_dir, encoder)
+    if verifier is not None and args.regions:
+        from .verify import SCENE_WEIGHT, SceneVerifier
+
+        verifier = SceneVerifier(encoder, weight=SCENE_WEIGHT if args.verify_weight is None else args.verify_weight)
     sketch = None
     if args.sketch is not None:
         from .sketch_input import load_sketch

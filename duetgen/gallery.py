@@ -804,9 +804,12 @@ class Gallery:
                 results then carry the region ``box``.
             verify_sketches: the queries' sketches ((Q, 3, H, W) or (3, H, W) in [0, 1], as the encoder took them)
                 to re-rank each query's top hits by silhouette agreement (:mod:`duetgen.verify`; photos on plain
-                backgrounds); results then carry their ``iou``. Not with ``regions``.
+                backgrounds); results then carry their ``iou``. With ``regions``, each scene is re-scored by its
+                best object instead (shape agreement at any rotation plus the cosine of the object's crop; pass a
+                :class:`duetgen.verify.SceneVerifier`).
             verifier: a :class:`duetgen.verify.SilhouetteVerifier` (weight, depth, and its cache of photo
-                silhouettes, worth keeping across searches); default: one with the default weight and depth.
+                silhouettes, worth keeping across searches); default: one with the default weight and depth. With
+                ``regions``: a :class:`duetgen.verify.SceneVerifier` (it holds the encoder), required.
 
         Returns:
             For (Q, D) queries, Q lists of :class:`SearchResult` (best first); for a (D,) query, one list.
@@ -826,10 +829,10 @@ class Gallery:
         n_queries = 1 if query_embeds.ndim == 1 else len(query_embeds)
         limits.check("max_queries", n_queries, "the number of queries", lim)
         if regions:
-            if verify_sketches is not None:
-                raise DuetgenInputError("silhouette verification compares whole photos; it does not apply to regions")
             from .scene_retrieval import search_scenes
 
+            if verify_sketches is not None:
+                return self._search_scenes_verified(query_embeds, int(k), verify_sketches, verifier, n_queries)
             return search_scenes(self, query_embeds, k)
         if verify_sketches is not None:
             return self._search_verified(query_embeds, int(k), verify_sketches, verifier, n_queries)
@@ -856,6 +859,26 @@ class Gallery:
         single = query_embeds.ndim == 1
         found = self.search(query_embeds[None] if single else query_embeds, max(k, verifier.depth))
         out = [verifier.rerank(hits, mask, k) for hits, mask in zip(found, masks, strict=True)]
+        return out[0] if single else out
+
+    def _search_scenes_verified(self, query_embeds, k: int, sketches, verifier, n_queries: int):
+        from .scene_retrieval import search_scenes
+        from .verify import SceneVerifier, sketch_regions
+
+        if not isinstance(verifier, SceneVerifier):
+            raise DuetgenInputError(
+                "scene verification embeds each scene's objects: pass verifier=duetgen.SceneVerifier(encoder)"
+            )
+        masks = sketch_regions(sketches, size=128)
+        if len(masks) != n_queries:
+            raise DuetgenInputError(f"verify_sketches has {len(masks)} sketches for {n_queries} queries")
+        q = query_embeds.detach().float().cpu() if isinstance(query_embeds, torch.Tensor) else torch.as_tensor(
+            as_float32(query_embeds))  # fmt: skip
+        single = q.ndim == 1
+        q = q[None] if single else q
+        found = search_scenes(self, q, max(k, verifier.depth))
+        sizes = {it["path"]: (it["w"], it["h"]) for it in self.items}
+        out = [verifier.rerank(hits, q[i], masks[i], k, sizes) for i, hits in enumerate(found)]
         return out[0] if single else out
 
     # ------------------------------------------------------------------------------------------------------

@@ -106,3 +106,205 @@ class SilhouetteVerifier:
             out.append(replace(h, score=h.score + self.weight * iou, iou=iou))
         out.sort(key=lambda h: -h.score)  # stable: ties keep the embedding order
         return out[:k]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scenes: the objects of a photo, matched to the sketch whatever their rotation
+# ---------------------------------------------------------------------------------------------------------------
+
+SCENE_WEIGHT = 1.0  # recipes/scene_retrieval.py --verify-weight: sketch + colour mAP 0.54 at 1.0 (see recipes/README)
+SCENE_DEPTH = 300  # scenes re-scored per query (of the region search's ranking)
+SCENE_WORK = 128  # px at which a scene's objects are segmented
+FRAME = 40  # px of a shape frame
+ANGLES = 36  # rotations of the sketch tried (every 10 degrees)
+MIN_OBJECT = 30  # px (at SCENE_WORK) of the smallest object kept
+MAX_OBJECTS = 8  # largest objects kept per scene
+_FRAME_FILL = 0.33  # a frame's side is sqrt(area) / _FRAME_FILL: the object sits inside it at any rotation
+
+
+def shape_frames(masks: torch.Tensor | np.ndarray, angles: int = 1) -> torch.Tensor:
+    """Each silhouette in a frame of its own: centred on its centroid, scaled by the square root of its area and
+    rotated by ``angles`` even steps of a full turn, so two silhouettes of one shape at different positions, sizes
+    and rotations coincide in one of the rotations.
+
+    Args:
+        masks: bool (B, H, W) silhouettes (an empty one gives empty frames).
+        angles: rotations per mask (1: only the upright frame).
+
+    Returns:
+        bool (B, angles, FRAME, FRAME).
+    """
+    m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).float()
+    b, h, w = m.shape
+    ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    area = m.sum((1, 2)).clamp_min(1)  # (B,)
+    cy = (m.sum(2) * ys).sum(1) / area
+    cx = (m.sum(1) * xs).sum(1) / area
+    step = area.sqrt() / (FRAME * _FRAME_FILL)  # input pixels per frame pixel
+    c = torch.arange(FRAME, dtype=torch.float32) - (FRAME - 1) / 2
+    gy, gx = torch.meshgrid(c, c, indexing="ij")  # (F, F)
+    theta = torch.arange(angles, dtype=torch.float32) * (2 * torch.pi / angles)
+    cos, sin = theta.cos()[:, None, None], theta.sin()[:, None, None]
+    rx, ry = gx * cos - gy * sin, gx * sin + gy * cos  # (A, F, F)
+    px = cx[:, None, None, None] + step[:, None, None, None] * rx  # (B, A, F, F) input pixel coordinates
+    py = cy[:, None, None, None] + step[:, None, None, None] * ry
+    grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], dim=-1).reshape(b, angles * FRAME, FRAME, 2)
+    out = torch.nn.functional.grid_sample(m[:, None], grid, mode="bilinear", align_corners=False)
+    return (out.reshape(b, angles, FRAME, FRAME) > 0.5) & (m.sum((1, 2)) > 0)[:, None, None, None]
+
+
+def shape_similarity(query_frames: torch.Tensor, object_frames: torch.Tensor) -> torch.Tensor:
+    """Rotation-invariant shape agreement: for each object frame, the best IoU over the query's rotated frames.
+
+    Args:
+        query_frames: bool (A, F, F), one sketch's region at A rotations (:func:`shape_frames`).
+        object_frames: bool (M, F, F), upright frames of M objects.
+
+    Returns:
+        float (M,) in [0, 1].
+    """
+    q = query_frames.reshape(len(query_frames), -1).float()
+    o = object_frames.reshape(len(object_frames), -1).float()
+    inter = q @ o.T  # (A, M)
+    union = q.sum(1, keepdim=True) + o.sum(1)[None] - inter
+    return (inter / union.clamp_min(1)).amax(0) if len(q) else torch.zeros(len(o))
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a bool (H, W) mask: (int labels (H, W), 0 = background, 1..n by size, n)."""
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+    h, w = m.shape
+    big = h * w + 1
+    lab = torch.where(m, torch.arange(1, h * w + 1, dtype=torch.float32).reshape(h, w), torch.zeros(()))
+    while True:  # every pixel takes the largest label among its 4 neighbours until nothing changes
+        p = torch.nn.functional.pad(lab, (1, 1, 1, 1))
+        new = torch.stack([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]).amax(0) * m
+        if torch.equal(new, lab):
+            break
+        lab = new
+    ids, counts = torch.unique(lab[m], return_counts=True)
+    order = ids[torch.argsort(counts, descending=True, stable=True)]
+    remap = torch.zeros(big, dtype=torch.int64)
+    remap[order.long()] = torch.arange(1, len(order) + 1)
+    return remap[lab.long()].numpy(), int(len(order))
+
+
+def scene_objects(image, work: int = SCENE_WORK) -> tuple[np.ndarray, np.ndarray]:
+    """The separate objects of a photo on a smooth background.
+
+    The foreground is :func:`duetgen.transfer.photo_silhouette` at ``work`` px; its connected components of at least
+    ``MIN_OBJECT`` px (the ``MAX_OBJECTS`` largest) are the objects.
+
+    Returns:
+        ``(boxes, masks)``: float (M, 4) boxes (x0, y0, x1, y1) as fractions of the image side, and bool
+        (M, work, work) silhouettes; M may be 0.
+    """
+    from .transfer import photo_silhouette
+
+    fg = photo_silhouette(image, work=work)
+    labels, n = label_components(fg)
+    boxes, masks = [], []
+    for i in range(1, min(n, MAX_OBJECTS) + 1):
+        m = labels == i
+        if m.sum() < MIN_OBJECT:
+            break  # sorted by size
+        ys, xs = np.nonzero(m)
+        boxes.append((xs.min() / work, ys.min() / work, (xs.max() + 1) / work, (ys.max() + 1) / work))
+        masks.append(m)
+    if not masks:
+        return np.zeros((0, 4), np.float32), np.zeros((0, work, work), bool)
+    return np.asarray(boxes, np.float32), np.stack(masks)
+
+
+def object_crops(image, boxes: np.ndarray, size: int, margin: float = 0.8) -> torch.Tensor:
+    """Square crops around each box (the box's longer side is ``margin`` of the crop), clipped to the image and
+    resized to ``size``: float (M, 3, size, size) in [0, 1]."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    h, w = x.shape[1:]
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        cx, cy = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h
+        half = max((x1 - x0) * w, (y1 - y0) * h) / margin / 2
+        left, top = int(max(0, cx - half)), int(max(0, cy - half))
+        right, bottom = int(min(w, np.ceil(cx + half))), int(min(h, np.ceil(cy + half)))
+        crop = x[:, top:bottom, left:right][None]
+        crops.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0])
+    return torch.stack(crops) if crops else torch.zeros(0, 3, size, size)
+
+
+class SceneVerifier:
+    """Scene retrieval verified object by object: each of a query's top ``depth`` scenes is re-scored by its best
+    object,
+
+        score = cosine(query, object crop) + weight * shape agreement(sketch, object)
+
+    where the objects come from :func:`scene_objects`, the crop is embedded by the encoder's image tower, and shape
+    agreement is :func:`shape_similarity` (IoU of the sketch's region and the object's silhouette at the best of 36
+    rotations, each in its own position- and size-free frame). The encoder finds the colour and style; the
+    silhouettes find the shape at any pose, which the instance-level embedding of a small crop barely tells apart.
+    Results carry the object's box and its shape agreement (``iou``). Objects must stand out from a smooth
+    background (product shots, the world's scenes); a scene where none are found keeps its region score.
+
+    Args:
+        encoder: the gallery's encoder (it embeds the object crops).
+        weight: how much one unit of shape agreement adds to the cosine score (>= 0).
+        depth: scenes re-scored per query.
+        cache_size: scenes whose objects are kept (by path).
+    """
+
+    def __init__(self, encoder, weight: float = SCENE_WEIGHT, depth: int = SCENE_DEPTH, cache_size: int = 4096):
+        SilhouetteVerifier(weight, depth)  # the same argument checks
+        self.encoder = encoder
+        self.weight, self.depth, self.cache_size = float(weight), int(depth), int(cache_size)
+        self._cache: OrderedDict[str, tuple | None] = OrderedDict()
+
+    def objects(self, path: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
+        """``(boxes (M, 4) fractions, upright frames (M, F, F), crop embeddings (M, D))`` of one scene, or None when
+        the file cannot be read."""
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (512, 512))
+                image = im.convert("RGB")
+            boxes, masks = scene_objects(image)
+            frames = shape_frames(masks)[:, 0]
+            with torch.inference_mode():
+                crops = object_crops(image, boxes, self.encoder.image_size)
+                embeds = self.encoder.encode_image(crops).float() if len(crops) else torch.zeros(0, 1)
+            found = (boxes, frames, embeds)
+        except Exception as err:  # noqa: BLE001 - an unreadable scene is not verified; the search goes on
+            logger.warning("scene verification skipped '%s': %s: %s", path, type(err).__name__, err)
+            found = None
+        self._cache[path] = found
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return found
+
+    def rerank(self, hits: list, query: torch.Tensor, region: np.ndarray, k: int, sizes: dict[str, tuple]) -> list:
+        """The best ``k`` of ``hits`` (scene-retrieval results, best first) after re-scoring each by its best object
+        for ``query`` (D,) and the sketch's ``region`` (bool (S, S)); ``sizes`` maps a path to its (w, h) in pixels.
+        An empty region (a blank sketch) changes nothing."""
+        if not region.any():
+            return hits[:k]
+        qframes = shape_frames(region[None], ANGLES)[0]
+        q = torch.as_tensor(query, dtype=torch.float32)
+        out = []
+        for h in hits:
+            found = self.objects(h.path)
+            if found is None or not len(found[0]):
+                out.append(h)
+                continue
+            boxes, frames, embeds = found
+            shape = shape_similarity(qframes, frames)
+            scores = embeds @ q + self.weight * shape
+            best = int(scores.argmax())
+            w, hgt = sizes.get(h.path, (1, 1))
+            x0, y0, x1, y1 = boxes[best]
+            box = (int(x0 * w), int(y0 * hgt), int(np.ceil(x1 * w)), int(np.ceil(y1 * hgt)))
+            out.append(replace(h, score=float(scores[best]), box=box, region=None, iou=float(shape[best])))
+        out.sort(key=lambda h: -h.score)
+        return out[:k]

@@ -8,8 +8,12 @@
    and reports mAP@all: relevant = scenes containing an object of the same shape (sketch only) / of the same shape
    and colour (sketch + words). Also reports how often the best region of the query's own scene covers the object
    (box hit: the object's centre lies in the box) and memory per item.
+4. Unless ``--no-verify``: ranks every scene by its best *object* (:class:`duetgen.SceneVerifier`): the objects are
+   the connected parts of the scene's foreground silhouette; each scores the cosine of its crop's embedding with the
+   query plus ``--verify-weight`` x the IoU of its silhouette with the sketch's region at the best of 36 rotations,
+   each in a frame free of position and size.
 
-    python recipes/scene_retrieval.py --scenes 300 --queries 150 --out scene_retrieval.json [--model DIR]
+    python recipes/scene_retrieval.py --scenes 300 --queries 150 --out scene_retrieval.json --sheet sheet.png
 
 mAP uses ``duetgen.metrics.map_at_all`` per query (a scene's relevance is binary for one query). The target with
 the embedded model is mAP >= 0.8 with words, clearly above the global baseline.
@@ -48,6 +52,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="folder for the scene PNGs and gallery (default: a temp folder)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--verify-weight", type=float, default=1.0,
+                   help="weight of the shape agreement in the object-verified ranking (SceneVerifier)")  # fmt: skip
+    p.add_argument("--sheet", default=None,
+                   help="write a contact sheet PNG here: the first --sheet-rows sketch + words queries and their top "
+                        "3 scenes, the matched object (verified) or region boxed")  # fmt: skip
+    p.add_argument("--sheet-rows", type=int, default=4, help="queries shown in --sheet")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the object-verified ranking (region and global rankings only)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -62,6 +74,43 @@ def object_sketch(instance: world.Instance, size: int, seed: int, fill: float = 
     centred = world.Instance(instance.shape, 0.5 + shift[0], 0.5 + shift[1], fill / extent, instance.rotation,
                              instance.params)  # fmt: skip
     return world.render_sketch(centred, size, seed)
+
+
+def contact_sheet(path: Path, rows: list[dict], cell: int = 128, pad: int = 6) -> None:
+    """Rows of: the object sketch, its words (and the scene it came from), the top scenes with the matched box
+    (yellow when the scene holds the object's shape and colour, grey otherwise) and score."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n_hits = max(len(r["hits"]) for r in rows)
+    label = 16
+    width = pad + (cell + pad) * (2 + n_hits)
+    sheet = Image.new("RGB", (width, label + pad + (cell + pad) * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 2), "object sketch", fill="black", font=font)
+    draw.text((pad + cell + pad, 2), "words", fill="black", font=font)
+    draw.text((pad + 2 * (cell + pad), 2), f"top {n_hits} scenes (box: the matched object or region; yellow = "
+              "right shape and colour)", fill="black", font=font)  # fmt: skip
+    for i, row in enumerate(rows):
+        y = label + pad + i * (cell + pad)
+        sheet.paste(row["sketch"].resize((cell, cell)), (pad, y))
+        draw.text((pad + cell + pad, y + cell // 2 - 10), f"'{row['words']}'", fill="black", font=font)
+        draw.text((pad + cell + pad, y + cell // 2 + 4), f"(from {row['source']})", fill=(110, 110, 110), font=font)
+        for j, hit in enumerate(row["hits"]):
+            x = pad + (2 + j) * (cell + pad)
+            im = Image.open(hit["path"]).convert("RGB")
+            scale = cell / im.width
+            sheet.paste(im.resize((cell, cell)), (x, y))
+            if hit["box"] is not None:
+                x0, y0, x1, y1 = (v * scale for v in hit["box"])
+                colour = (250, 220, 0) if hit["relevant"] else (150, 150, 150)
+                draw.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1], outline=colour, width=2)
+            iou = f", shape {hit['iou']:.2f}" if hit.get("iou") is not None else ""
+            draw.rectangle([x, y + cell - 27, x + cell - 1, y + cell - 1], fill=(45, 45, 45))
+            draw.text((x + 3, y + cell - 25), Path(hit["path"]).stem, fill="white", font=font)
+            draw.text((x + 3, y + cell - 13), f"score {hit['score']:.2f}{iou}", fill="white", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
 
 
 def mean_ap(sim: np.ndarray, relevant: np.ndarray) -> float:
@@ -121,6 +170,7 @@ def main(argv=None) -> dict:
             "sketch+words": encoder.encode_query(sketch_embeds=sketch_embeds, words=words),
         }
     global_emb = gallery.embeddings_f32()
+    verifier = duetgen.SceneVerifier(encoder, weight=args.verify_weight, depth=len(gallery)) if args.verify else None
     for name, q in queries.items():
         q = q.float().numpy()
         shape_q = np.array([scenes[s].objects[o].shape for s, o in picks])
@@ -143,7 +193,28 @@ def main(argv=None) -> dict:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             box_hit.append(own.box[0] <= cx < own.box[2] and own.box[1] <= cy < own.box[3])
         global_sim = q @ global_emb.T
+        verified = {}
+        if args.verify:  # every scene re-scored by its best object: crop cosine + weight * rotation-free shape IoU
+            found = gallery.search(q, k=len(gallery), regions=True, verify_sketches=sketches, verifier=verifier)
+            ver_sim = np.full((len(q), len(gallery)), -np.inf, np.float32)
+            for qi, res in enumerate(found):
+                for r in res:
+                    ver_sim[qi, r.id] = r.score
+            verified = {"map_verified": round(mean_ap(ver_sim, relevant), 4)}
+        if args.sheet and name == "sketch+words":
+            shown = found if args.verify else hits
+            by_row = {int(r): i for i, r in enumerate(rows)}  # gallery row -> scene number
+            sheet_rows = []
+            for qi in range(min(args.sheet_rows, len(q))):
+                s, _o = picks[qi]
+                sk = Image.fromarray((sketches[qi, 0].numpy() * 255).astype(np.uint8))
+                top = [{"path": r.path, "box": r.box, "score": r.score, "iou": r.iou,
+                        "relevant": bool(rel_scene[qi, by_row[r.id]])} for r in shown[qi][:3]]  # fmt: skip
+                sheet_rows.append({"sketch": sk, "words": words[qi], "source": f"scene{s:05d}", "hits": top})
+            contact_sheet(Path(args.sheet), sheet_rows)
+            results["sheet"] = str(args.sheet)
         results[name] = {
+            **verified,
             "map_regions": round(mean_ap(region_sim, relevant), 4),
             "map_global": round(mean_ap(global_sim, relevant), 4),
             "box_hit_own_scene": round(float(np.mean(box_hit)), 4),
@@ -151,12 +222,14 @@ def main(argv=None) -> dict:
         }
     results["seconds"] = round(time.perf_counter() - t0, 1)
 
-    print("| query | mAP regions (best of {}) | mAP global | box hit (own scene) | relevant / query |".format(
-        results["regions_per_item"]))  # fmt: skip
-    print("|---|---|---|---|---|")
+    ver = f" | mAP objects verified (weight {args.verify_weight:g})" if args.verify else ""
+    print(f"| query{ver} | mAP regions (best of {results['regions_per_item']}) | mAP global | box hit (own scene) "
+          "| relevant / query |")  # fmt: skip
+    print("|---|---|---|---|---|" + ("---|" if args.verify else ""))
     for name in queries:
         r = results[name]
-        print(f"| {name} | {r['map_regions']:.3f} | {r['map_global']:.3f} | {r['box_hit_own_scene']:.2f} | "
+        v = f" | {r['map_verified']:.3f}" if args.verify else ""
+        print(f"| {name}{v} | {r['map_regions']:.3f} | {r['map_global']:.3f} | {r['box_hit_own_scene']:.2f} | "
               f"{r['relevant_per_query']:.1f} |")  # fmt: skip
     mem = results["memory_per_item_bytes"]
     print(f"memory per item: {mem['total']:.0f} B (regions {mem['regions']:.0f} B fp16, embedding "

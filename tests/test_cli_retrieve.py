@@ -115,6 +115,14 @@ def test_reindex_updates_incrementally(setup, capsys, tmp_path):
                         "--json", "-k", "2"], capsys)  # fmt: skip
     assert rc == 0, err
     assert all(len(r["box"]) == 4 for r in json.loads(out)["results"])
+    # --verify with --regions: each scene re-scored by its best object (its box, its shape agreement)
+    rc, out, err = run(["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--regions",
+                        "--verify", "--verify-weight", "2", "--json", "-k", "3"], capsys)  # fmt: skip
+    assert rc == 0, err
+    payload = json.loads(out)
+    assert payload["verify_weight"] == 2.0 and len(payload["results"]) == 3
+    found = [r for r in payload["results"] if "iou" in r]  # photos where objects were found
+    assert found and all(0 <= r["iou"] <= 1 and len(r["box"]) == 4 and r["region"] is None for r in found)
 
 
 def test_errors_are_one_line_exit_2(setup, capsys, tmp_path):
@@ -136,7 +144,7 @@ def test_errors_are_one_line_exit_2(setup, capsys, tmp_path):
         (["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--verify", "--verify-weight",
           "-1"], "verification weight must be"),
         (["retrieve", "--sketch", str(setup / "star.png"), "--gallery", str(gal), "--verify", "--regions"],
-         "does not combine with --regions"),
+         "has no region embeddings"),
     ]  # fmt: skip
     for argv, needle in cases:
         rc, _, err = run(argv, capsys)

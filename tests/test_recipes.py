@@ -318,8 +318,24 @@ def test_batch_generation_with_the_shipped_model(world_inputs, tmp_path):
 def test_scene_retrieval_recipe_runs(tiny_pipe_dir, tmp_path):
     sr = load_recipe("scene_retrieval")
     res = sr.main(["--model", str(tiny_pipe_dir / "encoder"), "--scenes", "6", "--queries", "4", "--size", "64",
-                   "--work", str(tmp_path / "work"), "--out", str(tmp_path / "scene.json")])  # fmt: skip
+                   "--work", str(tmp_path / "work"), "--out", str(tmp_path / "scene.json"), "--sheet",
+                   str(tmp_path / "sheet.png"), "--sheet-rows", "2"])  # fmt: skip
     saved = json.loads((tmp_path / "scene.json").read_text())
     for name in ("sketch", "sketch+words"):
         assert 0.0 <= saved[name]["map_regions"] <= 1.0 and 0.0 <= saved[name]["map_global"] <= 1.0
     assert res["regions_per_item"] == 35
+    for name in ("sketch", "sketch+words"):  # the object-verified ranking (on by default)
+        assert 0.0 <= saved[name]["map_verified"] <= 1.0
+    assert Image.open(tmp_path / "sheet.png").size == (6 + 134 * 5, 16 + 6 + 134 * 2)  # sketch, words, 3 scenes
+
+
+@needs_pipeline
+def test_scene_retrieval_verified_by_objects_with_the_embedded_encoder(tmp_path):
+    """Scenes re-scored by their best object (crop cosine + rotation-free shape agreement) find the scenes holding a
+    sketched object far better than the best region does. Measured at 60 scenes / 30 queries (seeds 0 and 1): with a
+    colour word 0.69-0.70 against 0.22-0.23; sketch alone 0.58-0.61 against 0.29-0.33 (300 / 150: recipes/README)."""
+    sr = load_recipe("scene_retrieval")
+    res = sr.main(["--scenes", "60", "--queries", "30", "--work", str(tmp_path / "work")])
+    words, sketch = res["sketch+words"], res["sketch"]
+    assert words["map_verified"] >= 0.5 and words["map_verified"] >= 2 * words["map_regions"], words
+    assert sketch["map_verified"] >= 1.5 * sketch["map_regions"], sketch

@@ -108,3 +108,111 @@ def test_verified_search_finds_the_right_photo_on_the_twin_benchmark(tmp_path):
     assert len(one) == 2 and one[0].path == verified[0][0].path
     with pytest.raises(DuetgenInputError, match="2 sketches for 30 queries"):
         gallery.search(q, k=1, verify_sketches=sketches[:2])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scenes: objects and rotation-free shape agreement
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_label_components_sorted_by_size():
+    from duetgen.verify import label_components
+
+    m = np.zeros((6, 8), bool)
+    m[0, 0:2] = True  # 2 px
+    m[2, 2:5] = m[3, 4] = True  # 4 px, one component (4-connected)
+    m[5, 7] = True  # 1 px
+    m[4, 0] = m[5, 1] = True  # diagonal: two 1 px components
+    labels, n = label_components(m)
+    assert n == 5
+    assert (labels == 1).sum() == 4 and labels[3, 4] == 1 and (labels == 2).sum() == 2
+    assert labels[4, 0] != labels[5, 1] and (labels[~m] == 0).all()
+    assert label_components(np.zeros((3, 3), bool))[1] == 0
+
+
+def test_shape_agreement_ignores_position_size_and_rotation_but_not_shape():
+    from duetgen.verify import ANGLES, shape_frames, shape_similarity
+
+    rng = np.random.default_rng(11)
+    insts = [world.sample_instance(rng) for _ in range(96)]
+    masks = np.stack([instance_mask(i, 128) for i in insts])
+    upright = shape_frames(masks)[:, 0]
+    assert upright.shape == (96, 40, 40)
+    # the same instance moved, resized and turned is the same shape
+    for inst in insts[:6]:
+        moved = world.Instance(inst.shape, 0.5, 0.5, 0.8 * inst.scale, inst.rotation + 1.0, inst.params)
+        frames = shape_frames(instance_mask(moved, 128)[None], ANGLES)[0]
+        sim = shape_similarity(frames, upright[insts.index(inst)][None])
+        assert float(sim) > 0.85, (inst.shape, float(sim))
+    # the nearest other instance is almost always of the same shape (12 shapes: chance about 1/12)
+    hits = []
+    for q in range(24):
+        sim = shape_similarity(shape_frames(masks[q : q + 1], ANGLES)[0], upright)
+        sim[q] = -1
+        hits.append(insts[int(sim.argmax())].shape == insts[q].shape)
+    assert np.mean(hits) >= 0.8, np.mean(hits)
+    # upright only (one angle): rotation is no longer forgiven
+    turned = world.Instance(insts[0].shape, 0.5, 0.5, insts[0].scale, insts[0].rotation + 2.0, insts[0].params)
+    one = shape_similarity(shape_frames(instance_mask(turned, 128)[None], 1)[0], upright[:1])
+    assert float(one) < float(shape_similarity(shape_frames(instance_mask(turned, 128)[None], ANGLES)[0], upright[:1]))
+    assert not shape_frames(np.zeros((1, 32, 32), bool), 4).any()  # an empty mask has empty frames
+
+
+def test_scene_objects_find_the_rendered_objects():
+    from duetgen.verify import object_crops, scene_objects
+
+    rng = np.random.default_rng(3)
+    recall = []
+    for i in range(8):
+        scene = world.sample_scene(rng)
+        photo, boxes = world.render_scene(scene, 128, seed=i)
+        found, masks = scene_objects(Image.fromarray(photo))
+        assert masks.shape[1:] == (128, 128) and len(found) == len(masks)
+        for x0, y0, x1, y1 in boxes:  # a found box overlaps each true box by IoU >= 0.5
+            ious = [_box_iou((x0 / 128, y0 / 128, x1 / 128, y1 / 128), f) for f in found]
+            recall.append(max(ious, default=0.0) >= 0.5)
+        crops = object_crops(Image.fromarray(photo), found, 48)
+        assert crops.shape == (len(found), 3, 48, 48) and 0 <= crops.min() and crops.max() <= 1
+    assert np.mean(recall) >= 0.8, np.mean(recall)
+    empty, _ = scene_objects(Image.new("RGB", (64, 64), (200, 200, 200)))
+    assert empty.shape == (0, 4)
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_scene_verification_needs_a_scene_verifier(tmp_path):
+    import duetgen
+    from duetgen.scene_retrieval import RegionConfig
+
+    enc = duetgen.ComposedQueryEncoder(duetgen.backbones.get_clip_config("duetgen-tiny"), backbone="duetgen-tiny")
+    photos = tmp_path / "p"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(world.render_scene(world.sample_scene(rng), 64, seed=i)[0]).save(photos / f"s{i}.png")
+    g = Gallery.build(photos, enc, tmp_path / "g", regions=RegionConfig(), num_workers=0, progress=False)
+    from duetgen.verify import ANGLES, shape_frames, shape_similarity
+
+    sketch = _sketch_tensor(_instances(1)[0])[None]
+    with torch.inference_mode():
+        q = enc.encode_query(sketch)
+    with pytest.raises(DuetgenInputError, match="SceneVerifier"):
+        g.search(q, k=2, regions=True, verify_sketches=sketch)
+    verifier = duetgen.SceneVerifier(enc, weight=0.7)
+    hits = g.search(q, k=2, regions=True, verify_sketches=sketch, verifier=verifier)[0]
+    assert len(hits) == 2 and all(h.iou is not None and h.box is not None and h.region is None for h in hits)
+    assert hits[0].score >= hits[1].score
+    qframes = shape_frames(sketch_regions(sketch, size=128), ANGLES)[0]
+    for h in hits:  # score = best object's crop cosine + weight * its shape agreement; the box is that object's
+        boxes, frames, embeds = verifier.objects(h.path)
+        shape = shape_similarity(qframes, frames)
+        total = embeds @ q[0].float() + 0.7 * shape
+        best = int(total.argmax())
+        assert abs(h.score - float(total[best])) < 1e-5 and abs(h.iou - float(shape[best])) < 1e-6
+        assert h.box == tuple(int(v) for v in np.floor(boxes[best] * 64).tolist()[:2]) + tuple(
+            int(v) for v in np.ceil(boxes[best] * 64).tolist()[2:])  # fmt: skip
