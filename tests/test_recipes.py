@@ -333,7 +333,7 @@ def test_scene_retrieval_recipe_runs(tiny_pipe_dir, tmp_path):
 def test_scene_retrieval_verified_by_objects_with_the_embedded_encoder(tmp_path):
     """Scenes re-scored by their best object (crop cosine + rotation-free shape agreement) find the scenes holding a
     sketched object far better than the best region does. Measured at 60 scenes / 30 queries (seeds 0 and 1): with a
-    colour word 0.69-0.70 against 0.22-0.23; sketch alone 0.58-0.61 against 0.29-0.33 (300 / 150: recipes/README)."""
+    colour word 0.72-0.74 against 0.22-0.23; sketch alone 0.63-0.64 against 0.29-0.33 (300 / 150: recipes/README)."""
     sr = load_recipe("scene_retrieval")
     res = sr.main(["--scenes", "60", "--queries", "30", "--work", str(tmp_path / "work")])
     words, sketch = res["sketch+words"], res["sketch"]
