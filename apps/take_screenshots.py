@@ -147,6 +147,8 @@ def main() -> int:
         click_tab(driver, "Scene retrieval")
         click_button(driver, "Build 48 demo scenes")
         wait.until(text_present("scenes · answered in"))
+        wait.until(lambda d: d.find_element(By.XPATH, "//label[.//p[text()='Verify objects by shape']]")).click()
+        wait.until(text_present("scenes · objects verified · answered in"))
         time.sleep(2)
         driver.save_screenshot(str(out / "studio_scenes.png"))
         severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

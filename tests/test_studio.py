@@ -222,6 +222,22 @@ def test_scene_retrieval_builds_demo_scenes_and_outlines(app, assets):
     assert len([c for im in tab(again, "Scene retrieval").image for c in im.captions]) == 8
 
 
+def test_scene_retrieval_verified_by_objects(app, assets):
+    use_sample_sketch(app, "house")
+    if any(b.key == "build_scenes" for b in app.button):  # the demo scenes are built once per model
+        app.button(key="build_scenes").click().run()
+    plain = [c for im in tab(app, "Scene retrieval").image for c in im.captions]
+    assert len(plain) == 8 and all("region (" in c for c in plain)
+    app.checkbox(key="scene_verify").check().run()
+    assert not app.exception and errors(app) == [], errors(app)
+    scenes = tab(app, "Scene retrieval")
+    captions = [c for im in scenes.image for c in im.captions]
+    assert len(captions) == 8 and captions != plain
+    assert sum("object (" in c and (" shape 0." in c or " shape 1." in c) for c in captions) >= 4, captions
+    assert any("objects verified" in c.value for c in scenes.caption)
+    assert app.session_state["scene_verifier"][1].weight == 1.0
+
+
 def test_upload_a_sketch_file(app):
     app.radio(key="sketch_source").set_value("Upload").run()
     app.file_uploader(key="sketch_upload").upload("star.png", SAMPLE_SKETCH.read_bytes(), "image/png").run()
