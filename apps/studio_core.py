@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 import duetgen
 from duetgen import DuetgenError, DuetgenInputError, Gallery, SearchResult, SketchLimits
@@ -86,7 +86,6 @@ _MAGIC = {
     "npz": (b"PK\x03\x04", b"PK\x05\x06"),
     "npy": (b"\x93NUMPY",),
 }
-_PHOTO_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 SCHEDULERS = {  # label -> diffusers class; all share the DDPM family's config
     "DDPM": "DDPMScheduler",
     "DDIM": "DDIMScheduler",
@@ -344,30 +343,7 @@ def canvas_image(image_data: np.ndarray) -> Image.Image:
 
 def read_photo(source: bytes | str | os.PathLike, name: str = "photo") -> Image.Image:
     """A photo file (bytes or path) -> RGB image, with the upload limits checked before decoding."""
-    try:
-        data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
-    except OSError as err:
-        raise DuetgenInputError(f"photo '{name}' cannot be read: {err.strerror or err}") from err
-    limits = upload_limits()
-    if len(data) > limits.max_file_bytes:
-        raise DuetgenInputError(f"photo '{name}' is over the {limits.max_file_bytes // (1024 * 1024)} MB limit")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in _PHOTO_FORMATS:
-                raise DuetgenInputError(f"photo '{name}' is {im.format}, not one of {', '.join(_PHOTO_FORMATS)}")
-            w, h = im.size
-            if w * h > limits.max_pixels:
-                raise DuetgenInputError(
-                    f"photo '{name}' is {w} x {h} pixels, over the limit of {limits.max_pixels:,} pixels "
-                    "(DUETGEN_MAX_PIXELS); make it smaller"
-                )
-            im.seek(0)
-            photo = ImageOps.exif_transpose(im).convert("RGB")
-    except DuetgenInputError:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        raise DuetgenInputError(f"photo '{name}' is not an image that can be read ({type(err).__name__})") from err
-    return photo
+    return duetgen.read_photo(source, name, limits=upload_limits())
 
 
 def square_photo(photo: Image.Image) -> Image.Image:
@@ -544,11 +520,10 @@ def generate(
     pipe = models.pipe
 
     start = {} if image is None else {"image": image, "strength": strength}
-    runs = int(steps) if image is None else max(1, round(int(steps) * (0.8 if strength is None else strength)))
 
-    def callback(_pipe, i, _t, kwargs):
+    def callback(pipe_, i, _t, kwargs):
         if on_step is not None:
-            on_step(i + 1, runs)
+            on_step(i + 1, getattr(pipe_, "num_timesteps", 0) or int(steps))
         return {}
 
     with models.lock:  # the scheduler object is shared: one generation at a time

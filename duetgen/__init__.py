@@ -35,6 +35,7 @@ _LAZY = {
     "SketchLimits": "sketch_input",
     "load_sketch": "sketch_input",
     "read_sketch": "sketch_input",
+    "read_photo": "sketch_input",
     "SilhouetteVerifier": "verify",
     "SceneVerifier": "verify",
 }
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; re-exported 
     from .loading import load_encoder
     from .pipelines import DuetGenPipeline, load_pipeline
     from .scene_retrieval import RegionConfig, search_scenes
-    from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_sketch
+    from .sketch_input import DEFAULT_LIMITS, SketchLimits, load_sketch, read_photo, read_sketch
     from .verify import SceneVerifier, SilhouetteVerifier
 
 

@@ -877,8 +877,7 @@ class Gallery:
         single = q.ndim == 1
         q = q[None] if single else q
         found = search_scenes(self, q, max(k, verifier.depth))
-        sizes = {it["path"]: (it["w"], it["h"]) for it in self.items}
-        out = [verifier.rerank(hits, q[i], masks[i], k, sizes) for i, hits in enumerate(found)]
+        out = [verifier.rerank(hits, q[i], masks[i], k) for i, hits in enumerate(found)]
         return out[0] if single else out
 
     # ------------------------------------------------------------------------------------------------------

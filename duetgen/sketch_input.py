@@ -162,6 +162,69 @@ def load_sketch(
 # ----------------------------------------------------------------------------------------------------------
 
 
+PHOTO_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # PIL decoders a photo may use
+
+
+def read_photo(
+    source: bytes | str | os.PathLike | Image.Image, name: str | None = None, limits: SketchLimits | None = None
+) -> Image.Image:
+    """A photo (file path, file bytes or PIL image) -> RGB PIL image, EXIF rotation applied.
+
+    The byte and pixel limits (``limits``, default :func:`duetgen.limits.sketch_limits`) are checked before any pixel
+    is decoded; a missing, unreadable, non-image, over-limit or corrupt file raises a one-line
+    :class:`~duetgen.errors.DuetgenInputError` naming it.
+    """
+    if limits is None:
+        from .limits import sketch_limits
+
+        limits = sketch_limits()
+    if isinstance(source, Image.Image):
+        return _photo_from_pil(source, name or "the image", limits)
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DuetgenInputError(f"photo '{name}' does not exist or is not a file: check the path")
+        try:
+            data = path.read_bytes() if path.stat().st_size <= limits.max_file_bytes else None
+        except OSError as err:
+            raise DuetgenInputError(f"photo '{name}' cannot be read: {err.strerror or err}") from err
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = name or "photo", bytes(source)
+    else:
+        raise DuetgenInputError(f"a photo must be a file path, file bytes or a PIL image, got {type(source).__name__}")
+    if data is None or len(data) > limits.max_file_bytes:
+        mb, rest = divmod(limits.max_file_bytes, 1024 * 1024)
+        cap = f"{mb} MB" if mb and not rest else f"{limits.max_file_bytes:,} bytes"
+        raise DuetgenInputError(f"photo '{name}' is over the {cap} limit (SketchLimits.max_file_bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format not in PHOTO_FORMATS:
+                    raise DuetgenInputError(f"photo '{name}' is {im.format}, not one of {', '.join(PHOTO_FORMATS)}")
+                return _photo_from_pil(im, name, limits)
+    except DuetgenInputError:
+        raise
+    except Image.UnidentifiedImageError as err:
+        raise DuetgenInputError(f"photo '{name}' is not an image: pass a PNG, JPEG or WebP photo") from err
+    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
+        raise DuetgenInputError(f"photo '{name}' is not an image that can be read ({_one_line(err)})") from err
+
+
+def _photo_from_pil(im: Image.Image, name: str, limits: SketchLimits) -> Image.Image:
+    w, h = im.size
+    if w * h > limits.max_pixels:
+        raise DuetgenInputError(
+            f"photo '{name}' is {w} x {h} pixels, over the limit of {limits.max_pixels:,} pixels "
+            "(DUETGEN_MAX_PIXELS); make it smaller"
+        )
+    if w == 0 or h == 0:
+        raise DuetgenInputError(f"photo '{name}' has no pixels ({w} x {h})")
+    im.seek(0)  # the first frame of an animation
+    return ImageOps.exif_transpose(im).convert("RGB")
+
+
 def _check_arguments(fit: str, size: int, margin: float, limits: SketchLimits, index: int) -> None:
     """Refuse invalid keyword arguments with a message naming the argument and what is valid."""
     if fit not in ("ink", "canvas"):

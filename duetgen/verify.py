@@ -63,6 +63,13 @@ def photo_region(path: str, size: int = MASK_SIZE) -> np.ndarray | None:
         return None
 
 
+def _check_weight_and_depth(weight, depth) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+        raise DuetgenInputError(f"verification weight must be a finite number >= 0, got {weight!r}")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise DuetgenInputError(f"verification depth must be an integer >= 1, got {depth!r}")
+
+
 class SilhouetteVerifier:
     """Re-ranks search hits by silhouette agreement with the query's sketch; keeps the photos' silhouettes (by path,
     the ``cache_size`` most recent) so repeated queries on one gallery read each photo once.
@@ -74,10 +81,7 @@ class SilhouetteVerifier:
     """
 
     def __init__(self, weight: float = DEFAULT_WEIGHT, depth: int = DEFAULT_DEPTH, cache_size: int = 4096):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
-            raise DuetgenInputError(f"verification weight must be a finite number >= 0, got {weight!r}")
-        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise DuetgenInputError(f"verification depth must be an integer >= 1, got {depth!r}")
+        _check_weight_and_depth(weight, depth)
         self.weight, self.depth, self.cache_size = float(weight), int(depth), int(cache_size)
         self._cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
 
@@ -244,7 +248,8 @@ class SceneVerifier:
     rotations, each in its own position- and size-free frame). The encoder finds the colour and style; the
     silhouettes find the shape at any pose, which the instance-level embedding of a small crop barely tells apart.
     Results carry the object's box and its shape agreement (``iou``). Objects must stand out from a smooth
-    background (product shots, the world's scenes); a scene where none are found keeps its region score.
+    background (product shots, the world's scenes), and touching objects count as one; a scene where none are found
+    keeps its region score.
 
     Args:
         encoder: the gallery's encoder (it embeds the object crops).
@@ -254,14 +259,18 @@ class SceneVerifier:
     """
 
     def __init__(self, encoder, weight: float = SCENE_WEIGHT, depth: int = SCENE_DEPTH, cache_size: int = 4096):
-        SilhouetteVerifier(weight, depth)  # the same argument checks
+        _check_weight_and_depth(weight, depth)
+        if not callable(getattr(encoder, "encode_image", None)):
+            raise DuetgenInputError(
+                f"SceneVerifier needs the gallery's encoder (duetgen.load_encoder(...)), got {type(encoder).__name__}"
+            )
         self.encoder = encoder
         self.weight, self.depth, self.cache_size = float(weight), int(depth), int(cache_size)
         self._cache: OrderedDict[str, tuple | None] = OrderedDict()
 
     def objects(self, path: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
-        """``(boxes (M, 4) fractions, upright frames (M, F, F), crop embeddings (M, D))`` of one scene, or None when
-        the file cannot be read."""
+        """``(boxes (M, 4) int (x0, y0, x1, y1) in pixels of the file, upright frames (M, F, F), crop embeddings
+        (M, D))`` of one scene, or None when the file cannot be read."""
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
@@ -269,6 +278,7 @@ class SceneVerifier:
 
         try:
             with Image.open(path) as im:
+                w, h = im.size  # of the file, before a JPEG draft shrinks the decode
                 im.draft("RGB", (512, 512))
                 image = im.convert("RGB")
             boxes, masks = scene_objects(image)
@@ -276,7 +286,9 @@ class SceneVerifier:
             with torch.inference_mode():
                 crops = object_crops(image, boxes, self.encoder.image_size, CROP_MARGIN)
                 embeds = self.encoder.encode_image(crops).float() if len(crops) else torch.zeros(0, 1)
-            found = (boxes, frames, embeds)
+            scale = np.array([w, h, w, h], np.float64)
+            pixels = np.concatenate([np.floor(boxes[:, :2] * scale[:2]), np.ceil(boxes[:, 2:] * scale[2:])], 1)
+            found = (pixels.astype(int), frames, embeds)
         except Exception as err:  # noqa: BLE001 - an unreadable scene is not verified; the search goes on
             logger.warning("scene verification skipped '%s': %s: %s", path, type(err).__name__, err)
             found = None
@@ -285,10 +297,10 @@ class SceneVerifier:
             self._cache.popitem(last=False)
         return found
 
-    def rerank(self, hits: list, query: torch.Tensor, region: np.ndarray, k: int, sizes: dict[str, tuple]) -> list:
+    def rerank(self, hits: list, query: torch.Tensor, region: np.ndarray, k: int) -> list:
         """The best ``k`` of ``hits`` (scene-retrieval results, best first) after re-scoring each by its best object
-        for ``query`` (D,) and the sketch's ``region`` (bool (S, S)); ``sizes`` maps a path to its (w, h) in pixels.
-        An empty region (a blank sketch) changes nothing."""
+        for ``query`` (D,) and the sketch's ``region`` (bool (S, S)). An empty region (a blank sketch) changes
+        nothing."""
         if not region.any():
             return hits[:k]
         qframes = shape_frames(region[None], ANGLES)[0]
@@ -303,9 +315,7 @@ class SceneVerifier:
             shape = shape_similarity(qframes, frames)
             scores = embeds @ q + self.weight * shape
             best = int(scores.argmax())
-            w, hgt = sizes.get(h.path, (1, 1))
-            x0, y0, x1, y1 = boxes[best]
-            box = (int(x0 * w), int(y0 * hgt), int(np.ceil(x1 * w)), int(np.ceil(y1 * hgt)))
+            box = tuple(int(v) for v in boxes[best])
             out.append(replace(h, score=float(scores[best]), box=box, region=None, iou=float(shape[best])))
         out.sort(key=lambda h: -h.score)
         return out[:k]

@@ -60,7 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sheet-rows", type=int, default=4, help="queries shown in --sheet")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the object-verified ranking (region and global rankings only)")  # fmt: skip
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("scenes", "queries", "size", "batch_size", "sheet_rows"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.verify_weight) and args.verify_weight >= 0):
+        p.error(f"--verify-weight must be a finite number >= 0, got {args.verify_weight}")
+    return args
 
 
 def object_sketch(instance: world.Instance, size: int, seed: int, fill: float = 0.8) -> np.ndarray:

@@ -650,5 +650,20 @@ def test_image_to_image_refuses_huge_files_before_decoding(pipe, tmp_path, monke
     monkeypatch.setenv("DUETGEN_MAX_PIXELS", "1000")
     path = tmp_path / "big.png"
     PIL.Image.new("RGB", (40, 40), "white").save(path)
-    with pytest.raises(duetgen.DuetgenInputError, match="too large.*DUETGEN_MAX_PIXELS"):
+    with pytest.raises(duetgen.DuetgenInputError, match="over the limit.*DUETGEN_MAX_PIXELS"):
         run(pipe, sketch=sketch(), text="red", image=str(path), num_inference_steps=4)
+
+
+def test_num_timesteps_is_what_the_call_runs(pipe):
+    seen = []
+
+    def record(p, i, t, kwargs):
+        seen.append(p.num_timesteps)
+        return {}
+
+    run(pipe, sketch=sketch(), text="red", num_inference_steps=8, callback_on_step_end=record)
+    assert seen == [8] * 8
+    seen.clear()
+    run(pipe, sketch=sketch(), text="red", num_inference_steps=8, image=photo(), strength=0.5,
+        callback_on_step_end=record)  # fmt: skip
+    assert seen == [4] * 4

@@ -327,6 +327,9 @@ def test_scene_retrieval_recipe_runs(tiny_pipe_dir, tmp_path):
     for name in ("sketch", "sketch+words"):  # the object-verified ranking (on by default)
         assert 0.0 <= saved[name]["map_verified"] <= 1.0
     assert Image.open(tmp_path / "sheet.png").size == (6 + 134 * 5, 16 + 6 + 134 * 2)  # sketch, words, 3 scenes
+    for bad in (["--sheet-rows", "0"], ["--verify-weight", "-1"], ["--queries", "0"]):
+        with pytest.raises(SystemExit):
+            sr.parse_args(bad)
 
 
 @needs_pipeline

@@ -623,3 +623,29 @@ def test_real_sketchy_sketches(path):
     tensor = load_sketch(path, fit="canvas", size=128)
     original = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
     assert np.abs(tensor[0].numpy() - original).mean() < 0.02, "a 128 px sketch on its canvas is unchanged"
+
+
+def test_read_photo_reads_rgb_and_refuses_bad_input(tmp_path):
+    from duetgen import read_photo
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (30, 20), (10, 200, 30, 128)).save(buf, format="PNG")
+    photo = read_photo(buf.getvalue(), "p.png")
+    assert photo.mode == "RGB" and photo.size == (30, 20)
+    path = tmp_path / "p.png"
+    path.write_bytes(buf.getvalue())
+    assert read_photo(path).tobytes() == photo.tobytes() == read_photo(Image.open(path)).tobytes()
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, format="ICO")
+    with pytest.raises(DuetgenInputError, match="is ICO, not one of PNG"):
+        read_photo(ico.getvalue(), "x.ico")
+    with pytest.raises(DuetgenInputError, match="over the 10 bytes limit"):
+        read_photo(buf.getvalue(), "p.png", limits=SketchLimits(max_file_bytes=10))
+    with pytest.raises(DuetgenInputError, match="over the limit of 100 pixels"):
+        read_photo(path, limits=SketchLimits(max_pixels=100))
+    with pytest.raises(DuetgenInputError, match="does not exist"):
+        read_photo(tmp_path / "missing.png")
+    with pytest.raises(DuetgenInputError, match="not an image"):
+        read_photo(b"hello", "notes.txt")
+    with pytest.raises(DuetgenInputError, match="got int"):
+        read_photo(3)

@@ -315,6 +315,12 @@ class DuetGenPipeline(DiffusionPipeline):
         image = load_sketch(item, fit=self.encoder.config.sketch_fit, size=load_size, limits=sketch_limits())
         return image[None]  # (1, 3, H, W)
 
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps the current (or last) call runs: ``num_inference_steps``, or with ``image`` its
+        ``strength`` share (diffusers' convention, for step callbacks and progress)."""
+        return getattr(self, "_num_timesteps", 0)
+
     def prepare_image(self, image, n_images: int, device: torch.device | None = None) -> torch.Tensor:
         """Reads the starting image(s) of image-to-image generation (SDEdit).
 
@@ -667,6 +673,7 @@ class DuetGenPipeline(DiffusionPipeline):
             noise = noise / self.scheduler.init_noise_sigma
             latents = self.scheduler.add_noise(init_images.to(device), noise, timesteps[:1].repeat(n_images))
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        self._num_timesteps = len(timesteps)  # what this call runs (fewer than the steps with image-to-image)
 
         # 6. Denoising loop
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -716,49 +723,15 @@ class DuetGenPipeline(DiffusionPipeline):
 
 
 def _photo_tensor(item) -> torch.Tensor:
-    """A path or PIL image -> (1, 3, H, W) float in [0, 1]; one-line errors for missing, corrupt or huge files."""
-    import warnings
+    """A path, file bytes or PIL image -> (1, 3, H, W) float in [0, 1] (:func:`duetgen.sketch_input.read_photo`:
+    one-line errors for missing, corrupt or over-limit files)."""
+    from ..sketch_input import read_photo
 
-    from PIL import ImageOps
-
-    from ..limits import sketch_limits
-
-    limits = sketch_limits()
-    if isinstance(item, PIL.Image.Image):
-        name, im = "the image", item
-    elif isinstance(item, (str, os.PathLike)):
-        name = str(item)
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise DuetgenInputError(f"image {name!r} does not exist or is not a file: check the path")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-                im = PIL.Image.open(path)
-        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
-            raise DuetgenInputError(
-                f"image {name!r} is too large (a possible decompression bomb): downscale it first"
-            ) from err
-        except PIL.Image.UnidentifiedImageError as err:
-            raise DuetgenInputError(f"image {name!r} is not an image: pass a PNG, JPEG or WebP photo") from err
-        except OSError as err:
-            raise DuetgenInputError(f"image {name!r} cannot be read: {err.strerror or err}") from err
-    else:
+    if not isinstance(item, (str, os.PathLike, bytes, PIL.Image.Image)):
         raise ValueError(
             f"image must be a path, PIL image, numpy array or tensor (or a list of them), got {type(item).__name__}"
         )
-    width, height = im.size
-    if width * height > limits.max_pixels:
-        raise DuetgenInputError(
-            f"image {name!r} is too large: {width}x{height} is over the limit of {limits.max_pixels:,} pixels "
-            "(DUETGEN_MAX_PIXELS): downscale it first"
-        )
-    try:
-        im.load()
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
-        line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DuetgenInputError(f"image {name!r} could not be decoded: truncated or corrupt ({line})") from err
+    rgb = read_photo(item, "the image" if isinstance(item, (bytes, PIL.Image.Image)) else None)
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
