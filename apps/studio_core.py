@@ -500,9 +500,11 @@ def generate(
     on_step: Callable[[int, int], None] | None = None,
     image: Image.Image | None = None,
     strength: float | None = None,
+    best_of: int = 1,
 ) -> list[Image.Image]:
     """Images from a sketch and/or words (or a ready query), with the chosen scheduler; with ``image``, starting from
-    that picture noised to ``strength`` (image-to-image) instead of pure noise.
+    that picture noised to ``strength`` (image-to-image) instead of pure noise; with ``best_of`` > 1, each image the
+    best of that many candidates (``pipe(best_of=...)``: query cosine + silhouette agreement with the sketch).
 
     Raises:
         DuetgenInputError: the model has no generator, or there is nothing to generate from.
@@ -520,6 +522,8 @@ def generate(
     pipe = models.pipe
 
     start = {} if image is None else {"image": image, "strength": strength}
+    if int(best_of) > 1:
+        start["best_of"] = int(best_of)
 
     def callback(pipe_, i, _t, kwargs):
         if on_step is not None:

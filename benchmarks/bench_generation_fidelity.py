@@ -97,6 +97,8 @@ def generate(args: argparse.Namespace, reqs: list[dict]) -> np.ndarray:
                 guidance["guidance_interval"] = tuple(args.guidance_interval)
             if args.sketch_guidance is not None:
                 guidance["sketch_guidance_scale"] = args.sketch_guidance
+            if args.best_of > 1:
+                guidance["best_of"] = args.best_of
             out = pipe(sketch=sketches[sl], text=texts[sl], num_inference_steps=args.steps, generator=g,
                        output_type="np", **guidance)  # fmt: skip
             chunks.append(np.asarray(out.images, dtype=np.float32))  # (b, H, W, 3)
@@ -164,6 +166,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="guided part of the trajectory (default: the pipeline's)")  # fmt: skip
     p.add_argument("--sketch-guidance", type=float, default=None,
                    help="sketch_guidance_scale: a separate sketch weight (3 UNet passes per guided step)")  # fmt: skip
+    p.add_argument(
+        "--best-of",
+        type=int,
+        default=1,
+        help="each sample is the best of N candidates (pipe(best_of=N): query cosine + silhouette IoU)",
+    )
     p.add_argument("--batch", type=int, default=16, help="sketches per pipeline call")
     p.add_argument("--unet-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="UNet dtype; auto: bfloat16 on CPUs with native bfloat16")  # fmt: skip
@@ -182,8 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.samples < 1 or args.n < 1:
-        raise SystemExit(f"--n={args.n} and --samples={args.samples} must be >= 1")
+    if args.samples < 1 or args.n < 1 or args.best_of < 1:
+        raise SystemExit(f"--n={args.n}, --samples={args.samples} and --best-of={args.best_of} must be >= 1")
     if args.real_photos and args.samples > 8:
         raise SystemExit(f"--samples={args.samples}: --real-photos has 8 render seeds per request")
     t0 = time.time()
@@ -210,6 +218,7 @@ def main(argv=None) -> dict:
     for r, got in zip(flat_reqs, read, strict=True):
         confusion[r["attrs"].pattern][got] += 1
     mode = "real photos (evaluator upper bound)" if args.real_photos else f"pipeline {args.model or 'embedded'}"
+    mode += f", each sample the best of {args.best_of}" if args.best_of > 1 and not args.real_photos else ""
     print(f"\n### Generation fidelity: {mode}, {n} sketches x {k} samples\n")
     print(markdown_table(summary))
     print(
@@ -228,6 +237,7 @@ def main(argv=None) -> dict:
         "guidance_scale": None if args.real_photos else (args.guidance or "pipeline default"),
         "guidance_interval": None if args.real_photos else (args.guidance_interval or "pipeline default"),
         "sketch_guidance_scale": None if args.real_photos else args.sketch_guidance,
+        "best_of": None if args.real_photos else args.best_of,
         "scheduler": None if args.real_photos else (args.scheduler or "pipeline default"),
         "timestep_spacing": None if args.real_photos else (args.timestep_spacing or "pipeline default"),
         "unet_dtype": None if args.real_photos else str(resolve_unet_dtype(args.unet_dtype)).removeprefix("torch."),

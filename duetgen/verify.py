@@ -112,6 +112,53 @@ class SilhouetteVerifier:
         return out[:k]
 
 
+GENERATION_WEIGHT = 0.1  # benchmarks/bench_best_of.py: best of 4 by cos_q + 0.1 IoU, shape 0.92 (0.87 every sample)
+
+
+def score_generations(
+    encoder, images: torch.Tensor, queries: torch.Tensor, regions: np.ndarray | None, weight: float = GENERATION_WEIGHT
+) -> torch.Tensor:
+    """How well generated images answer their composed queries: the score best-of-N generation keeps the best by,
+
+        score = cosine(query, image embedding) + weight * IoU(region the sketch encloses, the image's silhouette)
+
+    the re-ranking of :class:`SilhouetteVerifier` applied to candidates instead of gallery photos (as DALL-E
+    re-ranked its samples with CLIP). The cosine checks the words (colour, style); the IoU checks the pose.
+
+    Args:
+        encoder: the composed-query encoder the queries came from (its image tower embeds the images).
+        images: (M, 3, H, W) in [0, 1].
+        queries: (M, D) L2-normalised composed queries, one per image.
+        regions: bool (M, S, S) sketch regions (:func:`sketch_regions`), or None (no sketch: cosine only). An empty
+            region (a blank sketch) adds nothing.
+        weight: how much one unit of IoU adds (>= 0).
+
+    Returns:
+        float (M,) scores on the CPU.
+    """
+    from PIL import Image
+
+    from .transfer import photo_silhouette
+
+    _check_weight_and_depth(weight, 1)
+    if images.ndim != 4 or images.shape[1] != 3 or len(images) != len(queries):
+        raise DuetgenInputError(
+            f"score_generations needs images (M, 3, H, W) and M queries, got {tuple(images.shape)} and {len(queries)}"
+        )
+    with torch.inference_mode():
+        embeds = encoder.encode_image(images).float().cpu()
+    scores = (embeds * queries.float().cpu()).sum(-1)
+    if regions is None or weight == 0:
+        return scores
+    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    size = regions.shape[-1]
+    for i, (pixel, region) in enumerate(zip(pixels, regions, strict=True)):
+        if region.any():
+            mask = photo_silhouette(Image.fromarray(pixel), work=size)
+            scores[i] += weight * float(mask_iou(region, mask))
+    return scores
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scenes: the objects of a photo, matched to the sketch whatever their rotation
 # ---------------------------------------------------------------------------------------------------------------

@@ -122,7 +122,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strength", type=float, default=None,
                    help="photo inputs: start generation from the photo itself, noised to this level in (0, 1] "
                         "(image-to-image, SDEdit); default: from pure noise")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="pair i is generated with seed + i")
+    p.add_argument(
+        "--best-of",
+        type=int,
+        default=4,
+        help="each generated image is the best of N candidates by query cosine + silhouette IoU with the "
+        "input's outline (pipe(best_of=N)); 1 takes the first sample, N costs N times the time",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="pair i is generated with seed + i (its other candidates with seed + i + j * 1,000,000)",
+    )
     p.add_argument("--batch", type=int, default=16, help="pairs per pipeline call")
     p.add_argument("--out", default="attribute_transfer", help="output folder")
     p.add_argument("--evaluate", action="store_true", help="measure on held-out world items (see the docstring)")
@@ -132,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lpips-weights", default=None, help="LPIPS backbone weights file (default: torch hub cache)")
     p.add_argument("--sheet-rows", type=int, default=12, help="--evaluate: rows in the contact sheet")
     args = p.parse_args(argv)
-    for name in ("k", "steps", "batch", "n", "gallery_size"):
+    for name in ("k", "steps", "batch", "n", "gallery_size", "best_of"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(not ph.strip() for ph in args.phrases):
@@ -243,12 +255,14 @@ def generate(
     for rows in ([i for i in range(n) if starts[i] is None], [i for i in range(n) if starts[i] is not None]):
         for s in range(0, len(rows), args.batch):
             idx = rows[s : s + args.batch]
-            gens = [torch.Generator().manual_seed(int(seeds[i])) for i in idx]
+            gens = [torch.Generator().manual_seed(int(seeds[i]) + j * 1_000_000)
+                    for i in idx for j in range(args.best_of)]  # fmt: skip
             from_photo = starts[idx[0]] is not None
             start = {"image": [starts[i] for i in idx], "strength": args.strength} if from_photo else {}
             res = pipe(sketch=sketches[idx], query_embeds=queries[idx], query_token_embeds=states[idx],
                        num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
-                       sketch_guidance_scale=args.sketch_guidance, output_type="np", **start)  # fmt: skip
+                       sketch_guidance_scale=args.sketch_guidance, best_of=args.best_of, output_type="np",
+                       **start)  # fmt: skip
             out[idx] = np.asarray(res.images, dtype=np.float32)
     return out
 
@@ -403,7 +417,7 @@ def run(args) -> dict:
     result = {"model": args.model or "embedded", "gallery": str(gallery.path), "steps": args.steps,
               "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "strength": args.strength,
               "photo_route": args.photo_route,
-              "complete": args.complete, "verify": args.verify,
+              "complete": args.complete, "verify": args.verify, "best_of": args.best_of,
               "pairs": records, "failed_inputs": failed,
               "sheet": str(out / "sheet.png")}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -539,7 +553,7 @@ def evaluate(args) -> dict:
               "complete": args.complete and args.eval_input == "photo", "steps": args.steps,
               "guidance": args.guidance, "sketch_guidance": args.sketch_guidance, "gallery_size": len(gallery),
               "strength": args.strength if args.eval_input == "photo" else None,
-              "verify": args.verify, "targets": TARGETS,
+              "verify": args.verify, "best_of": args.best_of, "targets": TARGETS,
               "retrieval": summarise(scores["retrieval"]), "generation": summarise(scores["generation"]),
               "real_photo_ceiling": summarise(ceiling), "lpips": lp}  # fmt: skip
     read = [(r, s) for r, s in zip(composed["read"], sources, strict=True) if r is not None]
@@ -586,6 +600,7 @@ def markdown_table(r: dict) -> str:
     sketch_guidance = f", sketch guidance {r['sketch_guidance']}" if r.get("sketch_guidance") is not None else ""
     sketch_guidance += f", from the photo at strength {r['strength']}" if r.get("strength") is not None else ""
     sketch_guidance += ", retrieval verified by silhouette" if r.get("verify") else ""
+    sketch_guidance += f", each image the best of {r['best_of']}" if r.get("best_of", 1) > 1 else ""
     lines = [f"attribute transfer on {r['n']} held-out world {inputs} (route: {r['photo_route']}{words}, "
              f"{r['steps']} steps, guidance {r['guidance']}{sketch_guidance}, gallery {r['gallery_size']} photos)",
              "| output | attribute success | shape kept (shape + IoU >= 0.5) | both | other attrs kept | mean IoU |",

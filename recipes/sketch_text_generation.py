@@ -6,8 +6,8 @@ path is relative to the rows file; empty for text-only) and the words ("red with
 when there is a sketch), optionally a seed. CSV needs a header with ``sketch`` and ``words`` (``seed`` optional);
 JSONL lines are objects with the same keys. Writes under ``--out``:
 
-* ``images/NNNNN_HASH.png``: row ``NNNNN``'s image; ``HASH`` is a digest of the row's (sketch, words, seed), so an
-  edited row gets a new file instead of being mistaken for done;
+* ``images/NNNNN_HASH.png``: row ``NNNNN``'s image; ``HASH`` is a digest of the row's (sketch, words, seed, and
+  ``--best-of`` when above 1), so an edited row gets a new file instead of being mistaken for done;
 * ``manifest.jsonl``: one line per row: ``row``, ``sketch``, ``words``, ``seed``, ``status`` (``done`` / ``failed``)
   and ``output`` or ``error``; appended as rows finish, rewritten (compacted, atomically) at the end;
 * ``grid.png``: every finished row as sketch | image with its words.
@@ -18,7 +18,8 @@ interrupted run never leaves a half-written image under its final name. A row wi
 row number; the seed used is recorded in the manifest either way.
 
 Bad rows (missing or unreadable sketch, no sketch and no words, a malformed seed) are reported and skipped; the batch
-goes on and finished images are kept. Prints ``done N, skipped N (already done), failed N`` and exits with 0, or 1
+goes on and finished images are kept. ``--best-of N`` keeps, per row, the best of N candidates
+(``pipe(best_of=N)``). Prints ``done N, skipped N (already done), failed N`` and exits with 0, or 1
 only if every row failed.
 
     python recipes/sketch_text_generation.py rows.csv --out runs/batch [--model DIR] [--steps 25] [--limit 2]
@@ -56,12 +57,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=25, help="num_inference_steps")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance_scale")
     p.add_argument("--seed", type=int, default=0, help="seed of a row without one: --seed + row number")
+    p.add_argument("--best-of", type=int, default=1,
+                   help="each image is the best of N candidates (query cosine + silhouette overlap with the sketch; "
+                        "candidate j of a row drawn with its seed + j * 1,000,000); N times the time")  # fmt: skip
     p.add_argument("--batch", type=int, default=4, help="rows per pipeline call (at most DUETGEN_MAX_BATCH, 256)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of the file")
     p.add_argument("--grid-columns", type=int, default=6, help="tiles per grid row")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.batch < 1 or (args.limit is not None and args.limit < 0):
-        p.error("--steps and --batch must be >= 1 and --limit >= 0")
+    if args.steps < 1 or args.batch < 1 or args.best_of < 1 or (args.limit is not None and args.limit < 0):
+        p.error("--steps, --batch and --best-of must be >= 1 and --limit >= 0")
     try:
         limits.check("max_batch", args.batch, "--batch")
         limits.check("max_steps", args.steps, "--steps")
@@ -103,7 +107,7 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def resolve_row(row: dict, base: Path, default_seed: int) -> dict:
+def resolve_row(row: dict, base: Path, default_seed: int, best_of: int = 1) -> dict:
     """Checks one row and fills in its seed, sketch path and output name; sets ``error`` if the row is bad."""
     if "error" in row:
         return row
@@ -122,7 +126,7 @@ def resolve_row(row: dict, base: Path, default_seed: int) -> dict:
     if sketch is not None:
         path = Path(sketch).expanduser()
         out["sketch_path"] = str(path if path.is_absolute() else base / path)
-    key = json.dumps([sketch, words, out["seed"]]).encode()
+    key = json.dumps([sketch, words, out["seed"]] + ([best_of] if best_of > 1 else [])).encode()
     out["name"] = f"{row['row']:05d}_{hashlib.sha256(key).hexdigest()[:8]}.png"
     return out
 
@@ -221,7 +225,7 @@ def main(argv=None) -> int:
     rows = read_rows(rows_path)
     if args.limit is not None:
         rows = rows[: args.limit]
-    rows = [resolve_row(r, rows_path.parent, args.seed) for r in rows]
+    rows = [resolve_row(r, rows_path.parent, args.seed, args.best_of) for r in rows]
     manifest = Manifest(out / "manifest.jsonl")
 
     n_done = n_skipped = n_failed = 0
@@ -259,8 +263,9 @@ def main(argv=None) -> int:
             res = pipe(sketch=torch.stack(sketches) if has_sketch else None,
                        text=[r["words"] for r, _ in pending] if any(r["words"] for r, _ in pending) else None,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       generator=[torch.Generator().manual_seed(r["seed"]) for r, _ in pending],
-                       output_type="pil")  # fmt: skip
+                       generator=[torch.Generator().manual_seed(r["seed"] + j * 1_000_000)
+                                  for r, _ in pending for j in range(args.best_of)],
+                       best_of=args.best_of, output_type="pil")  # fmt: skip
             images = res.images
         except (DuetgenError, ValueError, RuntimeError) as err:
             for r, _ in pending:

@@ -130,6 +130,22 @@ def test_sketch_guidance_is_the_pipelines_two_scale_guidance(model_dir, sketch_f
     assert np.abs(two - cli("one.png")).max() > 0  # and it changes the picture
 
 
+def test_best_of_is_the_pipelines_best_of(model_dir, sketch_file, tmp_path):
+    from duetgen.pipelines import load_pipeline
+
+    argv = ["generate", "--sketch", str(sketch_file), "--text", "red", "--out", str(tmp_path / "b.png"), "--steps",
+            "2", "--model", str(model_dir), "--unet-dtype", "float32", "--best-of", "3",
+            "--num-images", "2"]  # fmt: skip
+    assert main(argv) == 0
+    pipe = load_pipeline(model_dir, unet_dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    api = pipe(sketch=str(sketch_file), text="red", num_inference_steps=2, num_images_per_prompt=2, best_of=3,
+               generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
+    for i in range(2):
+        got = np.asarray(PIL.Image.open(tmp_path / f"b-{i}.png"), dtype=int)
+        assert np.abs(got - np.round(api[i] * 255)).max() <= 1
+
+
 def test_image_and_strength_are_the_pipelines_image_to_image(model_dir, sketch_file, tmp_path):
     from duetgen.pipelines import load_pipeline
 
@@ -189,6 +205,8 @@ def test_several_images_text_only(model_dir, tmp_path, scheduler, capsys):
         (["--text", "red", "--out", "x.png", "--steps", "0"], "--steps must be >= 1"),
         (["--text", "red", "--out", "x.png", "--num-images", "0"], "--num-images"),
         (["--text", "red", "--out", "x.png", "--guidance", "-2"], "--guidance"),
+        (["--text", "red", "--out", "x.png", "--best-of", "0"], "--best-of must be >= 1"),
+        (["--text", "red", "--out", "x.png", "--best-of", "40", "--num-images", "2"], "--num-images x --best-of"),
         (["--text", "red", "--out", "x.png", "--sketch-guidance", "nan"], "--sketch-guidance must be"),
         (["--text", "red", "--out", "x.gif"], "--out must end in"),
         (["--text", "red", "--out", "x.png", "--strength", "0.5"], "--strength goes with --image"),

@@ -667,3 +667,44 @@ def test_num_timesteps_is_what_the_call_runs(pipe):
     run(pipe, sketch=sketch(), text="red", num_inference_steps=8, image=photo(), strength=0.5,
         callback_on_step_end=record)  # fmt: skip
     assert seen == [4] * 4
+
+
+def test_best_of_keeps_the_best_scoring_candidate_of_each_image(pipe):
+    from duetgen.verify import score_generations, sketch_regions
+
+    texts = ["red", "blue with dots"]
+    best = run(pipe, sketch=sketch(), text=texts, num_images_per_prompt=2, best_of=3)
+    pool = run(pipe, sketch=sketch(), text=texts, num_images_per_prompt=6)  # the same noise: all the candidates
+    assert best.images.shape == (4, 3, 32, 32) and best.scores.shape == (4,)
+    queries = pool.query_embeds.repeat_interleave(6, dim=0)
+    regions = sketch_regions(sketch()[None].expand(12, -1, -1, -1).contiguous())
+    scores = score_generations(pipe.encoder, pool.images, queries, regions).view(4, 3)
+    want = pool.images.view(4, 3, 3, 32, 32)[torch.arange(4), scores.argmax(1)]
+    assert torch.allclose(best.images, want, atol=1e-6)
+    assert torch.allclose(best.scores, scores.amax(1), atol=1e-5)
+    assert run(pipe, sketch=sketch(), text="red").scores is None  # one sample: nothing was chosen
+    # the IoU's weight changes the choice's score by weight x IoU
+    heavy = run(pipe, sketch=sketch(), text=texts, num_images_per_prompt=2, best_of=3, best_of_weight=5.0)
+    assert (heavy.scores > best.scores).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"best_of": 0}, "best_of must be an integer >= 1"),
+        ({"best_of": 1.5}, "best_of must be an integer >= 1"),
+        ({"best_of": True}, "best_of must be an integer >= 1"),
+        ({"best_of": 2, "best_of_weight": -1.0}, "best_of_weight must be"),
+        ({"best_of": 2, "best_of_weight": math.nan}, "best_of_weight must be"),
+        ({"best_of": 2, "generator": [torch.Generator()] * 3}, "generator is a list of 3"),
+    ],
+)
+def test_best_of_bad_arguments(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(text="red", num_inference_steps=1, **kwargs)
+
+
+def test_best_of_counts_every_candidate_against_the_image_limit(pipe, monkeypatch):
+    monkeypatch.setenv("DUETGEN_MAX_IMAGES", "4")
+    with pytest.raises(ValueError, match="over the limit of 4"):
+        pipe(text="red", num_inference_steps=1, num_images_per_prompt=2, best_of=3)

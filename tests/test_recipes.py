@@ -146,6 +146,25 @@ def test_attribute_transfer_strength_starts_photos_from_themselves(tiny_pipe_dir
         at.parse_args(["--strength", "0"])
 
 
+def test_attribute_transfer_best_of_picks_one_of_the_seeded_candidates(tiny_pipe_dir, world_inputs, tmp_path):
+    """--best-of N: each pair's image is one of its N candidates, candidate j drawn with seed + i + j * 1,000,000."""
+    at = load_recipe("attribute_transfer")
+    base = ["--model", str(tiny_pipe_dir), "--sketches", *map(str, world_inputs["sketches"][:2]), "--phrases",
+            "in blue", "at night", "--steps", "2", "--k", "1", "--gallery-size", "6", "--cache",
+            str(tmp_path / "cache"), "--no-verify"]  # fmt: skip
+    runs = {name: at.main([*base, *extra, "--out", str(tmp_path / name)])
+            for name, extra in (("first", ["--best-of", "1"]), ("second", ["--best-of", "1", "--seed", "1000000"]),
+                                ("best", ["--best-of", "2"]))}  # fmt: skip
+    assert runs["best"]["best_of"] == 2 and at.parse_args([]).best_of == 4
+    for i, pair in enumerate(runs["best"]["pairs"]):
+        got = np.asarray(Image.open(pair["generated"]), dtype=int)
+        diffs = [np.abs(got - np.asarray(Image.open(runs[c]["pairs"][i]["generated"]), dtype=int)).max()
+                 for c in ("first", "second")]  # fmt: skip
+        assert min(diffs) <= 1 and max(diffs) > 1, diffs
+    with pytest.raises(SystemExit):
+        at.parse_args(["--best-of", "0"])
+
+
 def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir, tmp_path):
     at = load_recipe("attribute_transfer")
     res = at.main(["--evaluate", "--model", str(tiny_pipe_dir), "--evaluator", str(tiny_evaluator_dir), "--n", "6",
@@ -272,6 +291,32 @@ def test_batch_generation_jsonl_and_all_failed(tiny_pipe_dir, world_inputs, tmp_
     write_rows(bad, world_inputs, [("", "", ""), (str(tmp_path / "nope.png"), "red", "")])
     assert gen.main([str(bad), "--out", str(tmp_path / "bad_out"), "--model", str(tiny_pipe_dir)]) == 1
     assert "done 0, skipped 0 (already done), failed 2 of 2 rows" in capsys.readouterr().out
+
+
+def test_batch_generation_best_of_is_a_new_output_and_one_of_its_candidates(tiny_pipe_dir, world_inputs, tmp_path):
+    """--best-of 2: each row's image is one of its two candidates (seeds s and s + 1,000,000); the file name changes
+    with it, so a folder generated without it is not mistaken for done."""
+    gen = load_recipe("sketch_text_generation")
+    s = [str(p) for p in world_inputs["sketches"]]
+    rows = write_rows(tmp_path / "rows.csv", world_inputs, [(s[0], "red", "5"), (s[1], "blue at night", "6")])
+    shifted = write_rows(tmp_path / "shifted.csv", world_inputs,
+                         [(s[0], "red", "1000005"), (s[1], "blue at night", "1000006")])  # fmt: skip
+    common = ["--model", str(tiny_pipe_dir), "--steps", "2"]
+    out = tmp_path / "out"
+    assert gen.main([str(rows), "--out", str(out), *common]) == 0
+    assert gen.main([str(shifted), "--out", str(tmp_path / "second"), *common]) == 0
+    assert gen.main([str(rows), "--out", str(out), *common, "--best-of", "2"]) == 0  # same folder: new files
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    first = sorted((out / "images").glob("*.png"))
+    assert len(first) == 4 and len(manifest) == 2
+    for m in manifest:
+        best = np.asarray(Image.open(out / m["output"]), dtype=int)
+        plain = [p for p in first if p.name.startswith(f"{m['row']:05d}_") and p.name != Path(m["output"]).name]
+        second = sorted((tmp_path / "second" / "images").glob(f"{m['row']:05d}_*.png"))
+        diffs = [np.abs(best - np.asarray(Image.open(c), dtype=int)).max() for c in (*plain, *second)]
+        assert len(diffs) == 2 and min(diffs) <= 2, diffs
+    with pytest.raises(SystemExit):
+        gen.parse_args([str(rows), "--out", str(out), "--best-of", "0"])
 
 
 def test_batch_generation_survives_a_kill(tiny_pipe_dir, world_inputs, tmp_path):

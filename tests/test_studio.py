@@ -145,6 +145,27 @@ def test_generate_progress_images_and_download(app):
     assert len([c for im in tab(app, "Generate").image for c in im.captions]) == 2
 
 
+def test_generate_best_of_keeps_one_of_its_candidates(app):
+    """'Best of 3' returns one of the three images the same seed draws as three separate images."""
+    use_sample_sketch(app, "heart")
+    app.text_input(key="words").input("red").run()
+    app.slider(key="gen_steps").set_value(2).run()
+
+    def generated(n, best_of):
+        app.slider(key="gen_n").set_value(n).run()
+        app.slider(key="gen_best_of").set_value(best_of).run()
+        app.button(key="generate").click().run()
+        assert not app.exception and errors(app) == []
+        done = app.session_state["generated"]
+        return done, [np.asarray(Image.open(io.BytesIO(b)), dtype=int) for b in done["png"]]
+
+    _, pool = generated(3, 1)
+    done, (best,) = generated(1, 3)
+    assert done["caption"].endswith("best of 3")
+    diffs = [np.abs(best - c).max() for c in pool]
+    assert min(diffs) <= 1 and diffs[0] > 1, diffs  # here the first candidate is not the best: a choice was made
+
+
 def test_generate_with_nothing_is_an_error(app):
     app.button(key="generate").click().run()
     assert any("nothing to generate from" in e for e in errors(app))

@@ -514,6 +514,8 @@ class DuetGenPipeline(DiffusionPipeline):
         sketch_guidance_scale: float | None = None,
         image: SketchInput | list[SketchInput] | None = None,
         strength: float | None = None,
+        best_of: int = 1,
+        best_of_weight: float | None = None,
     ) -> DuetGenPipelineOutput | tuple:
         """Generates images from a sketch, words, or both.
 
@@ -555,9 +557,18 @@ class DuetGenPipeline(DiffusionPipeline):
                 layout survives and the words restyle it: attribute transfer from a photo.
             strength: with ``image``, how much of it is redone, in (0, 1]: the last ``strength`` share of the
                 ``num_inference_steps`` steps run (default 0.8); 1 starts from pure noise as without an image.
+            best_of: candidates drawn per returned image (>= 1); each image is the best of its ``best_of``
+                candidates by :func:`duetgen.verify.score_generations`: the cosine between the composed query and
+                the candidate's embedding, plus ``best_of_weight`` x the IoU of the region the sketch encloses and
+                the candidate's silhouette (the retrieval verifier's check, applied to samples). Costs ``best_of``
+                times the work. With a list of generators or ``latents``, give one per candidate (prompt-major,
+                then image, then candidate).
+            best_of_weight: the IoU's weight in that score (>= 0; default
+                :data:`duetgen.verify.GENERATION_WEIGHT`).
 
         Returns:
-            :class:`DuetGenPipelineOutput` (``images``, ``query_embeds``), or a tuple when ``return_dict=False``.
+            :class:`DuetGenPipelineOutput` (``images``, ``query_embeds``, and with ``best_of`` > 1 ``scores``), or a
+            tuple ``(images, query_embeds)`` when ``return_dict=False``.
 
         Raises:
             ValueError: an argument is invalid (the message names it).
@@ -566,17 +577,28 @@ class DuetGenPipeline(DiffusionPipeline):
                 environment variable that changes it).
         """
         # 1. Check inputs
+        if isinstance(best_of, bool) or not isinstance(best_of, int) or best_of < 1:
+            raise ValueError(f"best_of must be an integer >= 1 (candidates per image), got {best_of!r}")
+        if best_of_weight is not None and (
+            isinstance(best_of_weight, bool)
+            or not isinstance(best_of_weight, (int, float))
+            or not math.isfinite(best_of_weight)
+            or best_of_weight < 0
+        ):
+            raise ValueError(f"best_of_weight must be a finite number >= 0, got {best_of_weight!r}")
         batch_size = self.check_inputs(
             sketch,
             text,
             query_embeds,
             num_inference_steps,
             guidance_scale,
-            num_images_per_prompt,
+            num_images_per_prompt * best_of,
             output_type,
             generator,
             callback_on_step_end_tensor_inputs,
         )
+        n_returned = batch_size * num_images_per_prompt
+        num_images_per_prompt *= best_of  # candidates are generated as extra images per prompt, then picked
         if query_token_embeds is not None:
             if query_embeds is None:
                 raise ValueError("query_token_embeds go with query_embeds (the same queries, token by token)")
@@ -714,12 +736,49 @@ class DuetGenPipeline(DiffusionPipeline):
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
 
-        # 7. Post-process
+        # 7. Best of the candidates, then post-process
+        scores = None
+        if best_of > 1:
+            latents, scores = self.pick_best(latents, query_rep, sketch_images, n_returned, best_of, best_of_weight)
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, query
-        return DuetGenPipelineOutput(images=images, query_embeds=query, query_token_embeds=states)
+        return DuetGenPipelineOutput(images=images, query_embeds=query, query_token_embeds=states, scores=scores)
+
+    def pick_best(
+        self,
+        samples: torch.Tensor,
+        queries: torch.Tensor,
+        sketch_images: torch.Tensor | None,
+        n_returned: int,
+        best_of: int,
+        weight: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best of each group of ``best_of`` consecutive candidates.
+
+        Args:
+            samples: (n_returned * best_of, 3, S, S) final samples in [-1, 1].
+            queries: their composed queries (one per sample).
+            sketch_images: (B, 3, H, W) the prompts' sketches in [0, 1] (B divides the samples evenly), or None.
+            weight: the IoU's weight (default :data:`duetgen.verify.GENERATION_WEIGHT`).
+
+        Returns:
+            ``(chosen samples (n_returned, 3, S, S), their scores (n_returned,))``.
+        """
+        from ..verify import GENERATION_WEIGHT, score_generations, sketch_regions
+
+        regions = None
+        if sketch_images is not None:
+            regions = sketch_regions(sketch_images)  # (B, S, S), one per prompt
+            regions = np.repeat(regions, len(samples) // len(regions), axis=0)
+        images = (samples.float() / 2 + 0.5).clamp(0, 1)
+        scores = score_generations(
+            self.encoder, images, queries, regions, GENERATION_WEIGHT if weight is None else weight
+        ).view(n_returned, best_of)
+        best = scores.argmax(1)  # (n_returned,)
+        rows = torch.arange(n_returned) * best_of + best
+        return samples[rows.to(samples.device)], scores[torch.arange(n_returned), best]
 
 
 def _photo_tensor(item) -> torch.Tensor:

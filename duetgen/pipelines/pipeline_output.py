@@ -23,8 +23,11 @@ class DuetGenPipelineOutput(BaseOutput):
             repetition by ``num_images_per_prompt``), on the pipeline's device.
         query_token_embeds: (batch, L, Wt) the same queries token by token, when the pipeline's conditioner uses
             them (``conditioner.uses_states``); pass both back as ``query_embeds=`` / ``query_token_embeds=``.
+        scores: with ``best_of`` > 1, (N,) each returned image's score among its candidates
+            (:func:`duetgen.verify.score_generations`: query cosine + weight x silhouette IoU); else None.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     query_embeds: torch.Tensor | None = None
     query_token_embeds: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
