@@ -179,6 +179,44 @@ def test_scene_objects_find_the_rendered_objects():
     assert empty.shape == (0, 4)
 
 
+def test_touching_objects_of_different_colours_are_split_and_a_patterned_one_is_not():
+    from duetgen.verify import scene_objects
+
+    def canvas():
+        return np.full((128, 128, 3), 235, np.uint8)
+
+    touching = canvas()
+    touching[30:90, 20:64] = world.COLOURS["red"]
+    touching[40:100, 64:110] = world.COLOURS["orange"]  # touches the red one: one foreground component
+    boxes, masks = scene_objects(Image.fromarray(touching))
+    assert len(masks) == 2, boxes
+    found = sorted(np.round(boxes * 128).astype(int).tolist())
+    assert np.abs(np.asarray(found) - [[20, 30, 64, 90], [64, 40, 110, 100]]).max() <= 2, found
+    assert len(scene_objects(Image.fromarray(touching), split_colours=False)[1]) == 1  # what the split fixes
+    striped = canvas()
+    red = np.asarray(world.COLOURS["red"], np.float32)
+    striped[30:100, 20:100] = red
+    for y in range(30, 100, 8):  # stripes in the world's dark shade of the same colour
+        striped[y : y + 4, 20:100] = (red * 0.55).astype(np.uint8)
+    assert len(scene_objects(Image.fromarray(striped))[1]) == 1
+
+
+def test_scene_objects_segment_most_world_objects():
+    """Against the true instance masks of 60 world scenes: the colour split lifts the share of objects found with
+    IoU >= 0.7 (0.71 -> 0.83 on 150 scenes)."""
+    from duetgen.verify import scene_objects
+
+    rng = np.random.default_rng(0)
+    share = {}
+    scenes = [world.sample_scene(rng) for _ in range(60)]
+    photos = [Image.fromarray(world.render_scene(sc, 128, seed=i)[0]) for i, sc in enumerate(scenes)]
+    for split in (False, True):
+        best = [max([mask_iou(m, instance_mask(o, 128)) for m in scene_objects(im, split_colours=split)[1]],
+                    default=0.0) for im, sc in zip(photos, scenes, strict=True) for o in sc.objects]  # fmt: skip
+        share[split] = float(np.mean(np.asarray(best) >= 0.7))
+    assert share[True] >= 0.78 and share[True] >= share[False] + 0.06, share
+
+
 def _box_iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
