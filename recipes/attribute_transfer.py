@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from duetgen import load_sketch, world
+from duetgen import limits, load_sketch, world
 from duetgen.errors import DuetgenError, WeightsUnavailableError
 from duetgen.gallery import Gallery
 from duetgen.pipelines import load_pipeline
@@ -151,6 +151,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--phrases must not contain empty phrases")
     if args.strength is not None and not 0 < args.strength <= 1:
         p.error(f"--strength must be in (0, 1], got {args.strength}")
+    try:
+        limits.check("max_images", args.best_of, "--best-of")
+    except DuetgenError as err:
+        p.error(str(err))
     return args
 
 
@@ -252,9 +256,10 @@ def generate(
     n = len(queries)
     starts = starts if starts is not None and args.strength is not None else [None] * n
     out = np.empty((n, pipe.sample_size, pipe.sample_size, 3), dtype=np.float32)
+    per_call = max(1, min(args.batch, limits.current().max_images // args.best_of))  # candidates count as images
     for rows in ([i for i in range(n) if starts[i] is None], [i for i in range(n) if starts[i] is not None]):
-        for s in range(0, len(rows), args.batch):
-            idx = rows[s : s + args.batch]
+        for s in range(0, len(rows), per_call):
+            idx = rows[s : s + per_call]
             gens = [torch.Generator().manual_seed(int(seeds[i]) + j * 1_000_000)
                     for i in idx for j in range(args.best_of)]  # fmt: skip
             from_photo = starts[idx[0]] is not None

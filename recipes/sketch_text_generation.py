@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps, --batch and --best-of must be >= 1 and --limit >= 0")
     try:
         limits.check("max_batch", args.batch, "--batch")
+        limits.check("max_images", args.best_of, "--best-of")
         limits.check("max_steps", args.steps, "--steps")
     except DuetgenError as err:
         p.error(str(err))
@@ -250,6 +251,7 @@ def main(argv=None) -> int:
         pipe.enable_unet_jit()  # many rows: tracing each batch shape once pays for itself
         load_size = max(pipe.sample_size, pipe.encoder.image_size)
         fit = pipe.encoder.config.sketch_fit
+    per_call = max(1, min(args.batch, limits.current().max_images // args.best_of))  # candidates count as images
     bar = tqdm(total=len(todo), desc="generating", unit="row")
     pending: list[tuple[dict, torch.Tensor | None]] = []
 
@@ -297,7 +299,7 @@ def main(argv=None) -> int:
         if pending and (pending[0][1] is None) != (sketch is None):
             flush()
         pending.append((r, sketch))
-        if len(pending) >= args.batch:
+        if len(pending) >= per_call:
             flush()
     flush()
     bar.close()

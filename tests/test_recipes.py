@@ -146,16 +146,21 @@ def test_attribute_transfer_strength_starts_photos_from_themselves(tiny_pipe_dir
         at.parse_args(["--strength", "0"])
 
 
-def test_attribute_transfer_best_of_picks_one_of_the_seeded_candidates(tiny_pipe_dir, world_inputs, tmp_path):
-    """--best-of N: each pair's image is one of its N candidates, candidate j drawn with seed + i + j * 1,000,000."""
+def test_attribute_transfer_best_of_picks_one_of_the_seeded_candidates(
+    tiny_pipe_dir, world_inputs, tmp_path, monkeypatch
+):
+    """--best-of N: each pair's image is one of its N candidates, candidate j drawn with seed + i + j * 1,000,000;
+    pipeline calls shrink so that rows x candidates stay within DUETGEN_MAX_IMAGES."""
     at = load_recipe("attribute_transfer")
+    assert at.parse_args([]).best_of == 4  # the recipe's default
+    monkeypatch.setenv("DUETGEN_MAX_IMAGES", "3")  # 4 pairs x 2 candidates would be 8 in one call
     base = ["--model", str(tiny_pipe_dir), "--sketches", *map(str, world_inputs["sketches"][:2]), "--phrases",
             "in blue", "at night", "--steps", "2", "--k", "1", "--gallery-size", "6", "--cache",
             str(tmp_path / "cache"), "--no-verify"]  # fmt: skip
     runs = {name: at.main([*base, *extra, "--out", str(tmp_path / name)])
             for name, extra in (("first", ["--best-of", "1"]), ("second", ["--best-of", "1", "--seed", "1000000"]),
                                 ("best", ["--best-of", "2"]))}  # fmt: skip
-    assert runs["best"]["best_of"] == 2 and at.parse_args([]).best_of == 4
+    assert runs["best"]["best_of"] == 2
     for i, pair in enumerate(runs["best"]["pairs"]):
         got = np.asarray(Image.open(pair["generated"]), dtype=int)
         diffs = [np.abs(got - np.asarray(Image.open(runs[c]["pairs"][i]["generated"]), dtype=int)).max()
@@ -163,6 +168,8 @@ def test_attribute_transfer_best_of_picks_one_of_the_seeded_candidates(tiny_pipe
         assert min(diffs) <= 1 and max(diffs) > 1, diffs
     with pytest.raises(SystemExit):
         at.parse_args(["--best-of", "0"])
+    with pytest.raises(SystemExit):
+        at.parse_args(["--best-of", "4"])  # over DUETGEN_MAX_IMAGES
 
 
 def test_attribute_transfer_evaluate_plumbing(tiny_pipe_dir, tiny_evaluator_dir, tmp_path):
@@ -293,9 +300,12 @@ def test_batch_generation_jsonl_and_all_failed(tiny_pipe_dir, world_inputs, tmp_
     assert "done 0, skipped 0 (already done), failed 2 of 2 rows" in capsys.readouterr().out
 
 
-def test_batch_generation_best_of_is_a_new_output_and_one_of_its_candidates(tiny_pipe_dir, world_inputs, tmp_path):
+def test_batch_generation_best_of_is_a_new_output_and_one_of_its_candidates(
+    tiny_pipe_dir, world_inputs, tmp_path, monkeypatch
+):
     """--best-of 2: each row's image is one of its two candidates (seeds s and s + 1,000,000); the file name changes
-    with it, so a folder generated without it is not mistaken for done."""
+    with it, so a folder generated without it is not mistaken for done. Calls shrink to fit DUETGEN_MAX_IMAGES."""
+    monkeypatch.setenv("DUETGEN_MAX_IMAGES", "3")  # 2 rows x 2 candidates would be 4 in one call
     gen = load_recipe("sketch_text_generation")
     s = [str(p) for p in world_inputs["sketches"]]
     rows = write_rows(tmp_path / "rows.csv", world_inputs, [(s[0], "red", "5"), (s[1], "blue at night", "6")])
