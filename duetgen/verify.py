@@ -63,9 +63,13 @@ def photo_region(path: str, size: int = MASK_SIZE) -> np.ndarray | None:
         return None
 
 
-def _check_weight_and_depth(weight, depth) -> None:
+def _check_weight(weight) -> None:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
         raise DuetgenInputError(f"verification weight must be a finite number >= 0, got {weight!r}")
+
+
+def _check_weight_and_depth(weight, depth) -> None:
+    _check_weight(weight)
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise DuetgenInputError(f"verification depth must be an integer >= 1, got {depth!r}")
 
@@ -140,10 +144,17 @@ def score_generations(
 
     from .transfer import photo_silhouette
 
-    _check_weight_and_depth(weight, 1)
-    if images.ndim != 4 or images.shape[1] != 3 or len(images) != len(queries):
+    _check_weight(weight)
+    if images.ndim != 4 or images.shape[1] != 3 or queries.ndim != 2 or len(images) != len(queries):
         raise DuetgenInputError(
-            f"score_generations needs images (M, 3, H, W) and M queries, got {tuple(images.shape)} and {len(queries)}"
+            f"score_generations needs images (M, 3, H, W) and queries (M, D), got {tuple(images.shape)} and "
+            f"{tuple(queries.shape)}"
+        )
+    if queries.shape[1] != encoder.embed_dim:
+        raise DuetgenInputError(f"queries have width {queries.shape[1]}, but this encoder embeds {encoder.embed_dim}")
+    if regions is not None and (np.ndim(regions) != 3 or len(regions) != len(images)):
+        raise DuetgenInputError(
+            f"regions must be bool (M, S, S), one per image: got {np.shape(regions)} for {len(images)} images"
         )
     with torch.inference_mode():
         embeds = encoder.encode_image(images).float().cpu()

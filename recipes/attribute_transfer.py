@@ -76,7 +76,7 @@ from PIL import Image, ImageDraw, ImageFont
 from duetgen import limits, load_sketch, world
 from duetgen.errors import DuetgenError, WeightsUnavailableError
 from duetgen.gallery import Gallery
-from duetgen.pipelines import load_pipeline
+from duetgen.pipelines import candidate_generators, load_pipeline, prompts_per_call
 from duetgen.transfer import photo_tensor, transfer_query
 
 logger = logging.getLogger("attribute_transfer")
@@ -256,12 +256,11 @@ def generate(
     n = len(queries)
     starts = starts if starts is not None and args.strength is not None else [None] * n
     out = np.empty((n, pipe.sample_size, pipe.sample_size, 3), dtype=np.float32)
-    per_call = max(1, min(args.batch, limits.current().max_images // args.best_of))  # candidates count as images
+    per_call = prompts_per_call(args.batch, args.best_of)  # candidates count as images
     for rows in ([i for i in range(n) if starts[i] is None], [i for i in range(n) if starts[i] is not None]):
         for s in range(0, len(rows), per_call):
             idx = rows[s : s + per_call]
-            gens = [torch.Generator().manual_seed(int(seeds[i]) + j * 1_000_000)
-                    for i in idx for j in range(args.best_of)]  # fmt: skip
+            gens = candidate_generators([seeds[i] for i in idx], args.best_of)
             from_photo = starts[idx[0]] is not None
             start = {"image": [starts[i] for i in idx], "strength": args.strength} if from_photo else {}
             res = pipe(sketch=sketches[idx], query_embeds=queries[idx], query_token_embeds=states[idx],

@@ -9,7 +9,8 @@
    and colour (sketch + words). Also reports how often the best region of the query's own scene covers the object
    (box hit: the object's centre lies in the box) and memory per item.
 4. Unless ``--no-verify``: ranks every scene by its best *object* (:class:`duetgen.SceneVerifier`): the objects are
-   the connected parts of the scene's foreground silhouette; each scores the cosine of its crop's embedding with the
+   the connected parts of the scene's foreground silhouette, split by hue where objects of different colours touch;
+   each scores the cosine of its crop's embedding with the
    query plus ``--verify-weight`` x the IoU of its silhouette with the sketch's region at the best of 36 rotations,
    each in a frame free of position and size.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -116,7 +118,9 @@ def contact_sheet(path: Path, rows: list[dict], cell: int = 128, pad: int = 6) -
             draw.text((x + 3, y + cell - 25), Path(hit["path"]).stem, fill="white", font=font)
             draw.text((x + 3, y + cell - 13), f"score {hit['score']:.2f}{iou}", fill="white", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)  # a killed run leaves the previous sheet, never half of one
 
 
 def mean_ap(sim: np.ndarray, relevant: np.ndarray) -> float:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from duetgen import limits, load_sketch
 from duetgen.errors import DuetgenError
-from duetgen.pipelines import load_pipeline
+from duetgen.pipelines import candidate_generators, load_pipeline, prompts_per_call
 
 logger = logging.getLogger("sketch_text_generation")
 
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
         pipe.enable_unet_jit()  # many rows: tracing each batch shape once pays for itself
         load_size = max(pipe.sample_size, pipe.encoder.image_size)
         fit = pipe.encoder.config.sketch_fit
-    per_call = max(1, min(args.batch, limits.current().max_images // args.best_of))  # candidates count as images
+    per_call = prompts_per_call(args.batch, args.best_of)  # candidates count as images
     bar = tqdm(total=len(todo), desc="generating", unit="row")
     pending: list[tuple[dict, torch.Tensor | None]] = []
 
@@ -265,8 +265,7 @@ def main(argv=None) -> int:
             res = pipe(sketch=torch.stack(sketches) if has_sketch else None,
                        text=[r["words"] for r, _ in pending] if any(r["words"] for r, _ in pending) else None,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       generator=[torch.Generator().manual_seed(r["seed"] + j * 1_000_000)
-                                  for r, _ in pending for j in range(args.best_of)],
+                       generator=candidate_generators([r["seed"] for r, _ in pending], args.best_of),
                        best_of=args.best_of, output_type="pil")  # fmt: skip
             images = res.images
         except (DuetgenError, ValueError, RuntimeError) as err:

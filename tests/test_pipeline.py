@@ -696,7 +696,7 @@ def test_best_of_keeps_the_best_scoring_candidate_of_each_image(pipe):
         ({"best_of": True}, "best_of must be an integer >= 1"),
         ({"best_of": 2, "best_of_weight": -1.0}, "best_of_weight must be"),
         ({"best_of": 2, "best_of_weight": math.nan}, "best_of_weight must be"),
-        ({"best_of": 2, "generator": [torch.Generator()] * 3}, "generator is a list of 3"),
+        ({"best_of": 2, "generator": [torch.Generator()] * 3}, r"list of 3 .* x best_of = 2"),
     ],
 )
 def test_best_of_bad_arguments(pipe, kwargs, match):
@@ -706,5 +706,22 @@ def test_best_of_bad_arguments(pipe, kwargs, match):
 
 def test_best_of_counts_every_candidate_against_the_image_limit(pipe, monkeypatch):
     monkeypatch.setenv("DUETGEN_MAX_IMAGES", "4")
-    with pytest.raises(ValueError, match="over the limit of 4"):
+    with pytest.raises(ValueError, match=r"num_images_per_prompt x best_of: 6 images .* over the limit of 4"):
         pipe(text="red", num_inference_steps=1, num_images_per_prompt=2, best_of=3)
+    from duetgen.pipelines import prompts_per_call
+
+    assert prompts_per_call(16, 3) == 1 and prompts_per_call(16, 1) == 4 and prompts_per_call(2, 1) == 2
+    assert prompts_per_call(16, 8) == 1  # over the limit even for one prompt: the pipeline's error names it
+
+
+def test_candidate_generators_give_the_pipelines_candidates(pipe):
+    """Seeds s and s + 1,000,000 drawn alone are the two candidates of best_of=2 with candidate_generators([s], 2)."""
+    from duetgen.pipelines import candidate_generators
+
+    def gen(gens, **kw):
+        return pipe(text="red", sketch=sketch(), num_inference_steps=STEPS, generator=gens, output_type="pt", **kw)
+
+    alone = [gen(candidate_generators([7 + j * 1_000_000])).images[0] for j in range(2)]
+    best = gen(candidate_generators([7], 2), best_of=2).images[0]
+    assert [g.initial_seed() for g in candidate_generators([7], 2)] == [7, 1_000_007]
+    assert any(torch.allclose(best, a, atol=1e-5) for a in alone)

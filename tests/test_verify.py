@@ -324,5 +324,9 @@ def test_score_generations_terms_and_errors():
     assert torch.allclose(score_generations(encoder, x, q, np.zeros((2, 64, 64), bool), weight=1.0), cos)
     with pytest.raises(DuetgenInputError, match="verification weight"):
         score_generations(encoder, x, q, region, weight=-1)
-    with pytest.raises(DuetgenInputError, match="M queries"):
+    with pytest.raises(DuetgenInputError, match=r"queries \(M, D\)"):
         score_generations(encoder, x, q[:1], region)
+    with pytest.raises(DuetgenInputError, match="queries have width 5"):
+        score_generations(encoder, x, torch.zeros(2, 5), region)
+    with pytest.raises(DuetgenInputError, match="regions must be bool"):
+        score_generations(encoder, x, q, region[:1])

@@ -10,9 +10,11 @@ from .pipeline_duetgen import (
     SCHEDULERS,
     UNET_DTYPES,
     DuetGenPipeline,
+    candidate_generators,
     check_pipeline_folder,
     load_pipeline,
     make_scheduler,
+    prompts_per_call,
     resolve_unet_dtype,
 )
 from .pipeline_output import DuetGenPipelineOutput
@@ -23,9 +25,11 @@ __all__ = [
     "DuetGenPipeline",
     "DuetGenPipelineOutput",
     "DuetUnCLIPPipeline",
+    "candidate_generators",
     "check_pipeline_folder",
     "load_pipeline",
     "make_scheduler",
+    "prompts_per_call",
     "resolve_unet_dtype",
 ]
 

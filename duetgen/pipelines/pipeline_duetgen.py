@@ -177,6 +177,7 @@ class DuetGenPipeline(DiffusionPipeline):
         output_type: str,
         generator=None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+        best_of: int = 1,
     ) -> int:
         """Validates the arguments of ``__call__`` and returns the batch size (number of prompts).
 
@@ -204,6 +205,8 @@ class DuetGenPipeline(DiffusionPipeline):
             or num_images_per_prompt < 1
         ):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if isinstance(best_of, bool) or not isinstance(best_of, int) or best_of < 1:
+            raise ValueError(f"best_of must be an integer >= 1 (candidates per image), got {best_of!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         for name in callback_on_step_end_tensor_inputs or ():
@@ -255,11 +258,12 @@ class DuetGenPipeline(DiffusionPipeline):
         lim = limits.current()
         limits.check("max_steps", num_inference_steps, "num_inference_steps", lim)
         limits.check("max_batch", batch, "the number of prompts (sketches or word strings)", lim)
-        limits.check("max_images", batch * num_images_per_prompt, "prompts x num_images_per_prompt", lim)
-        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
+        product = "prompts x num_images_per_prompt" + (" x best_of" if best_of > 1 else "")
+        limits.check("max_images", batch * num_images_per_prompt * best_of, product, lim)
+        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt * best_of:
             raise ValueError(
-                f"generator is a list of {len(generator)} generators but batch x num_images_per_prompt = "
-                f"{batch * num_images_per_prompt}; pass one generator or exactly that many"
+                f"generator is a list of {len(generator)} generators but {product} = "
+                f"{batch * num_images_per_prompt * best_of}; pass one generator or exactly that many"
             )
         return batch
 
@@ -577,8 +581,6 @@ class DuetGenPipeline(DiffusionPipeline):
                 environment variable that changes it).
         """
         # 1. Check inputs
-        if isinstance(best_of, bool) or not isinstance(best_of, int) or best_of < 1:
-            raise ValueError(f"best_of must be an integer >= 1 (candidates per image), got {best_of!r}")
         if best_of_weight is not None and (
             isinstance(best_of_weight, bool)
             or not isinstance(best_of_weight, (int, float))
@@ -592,10 +594,11 @@ class DuetGenPipeline(DiffusionPipeline):
             query_embeds,
             num_inference_steps,
             guidance_scale,
-            num_images_per_prompt * best_of,
+            num_images_per_prompt,
             output_type,
             generator,
             callback_on_step_end_tensor_inputs,
+            best_of,
         )
         n_returned = batch_size * num_images_per_prompt
         num_images_per_prompt *= best_of  # candidates are generated as extra images per prompt, then picked
@@ -779,6 +782,25 @@ class DuetGenPipeline(DiffusionPipeline):
         best = scores.argmax(1)  # (n_returned,)
         rows = torch.arange(n_returned) * best_of + best
         return samples[rows.to(samples.device)], scores[torch.arange(n_returned), best]
+
+
+CANDIDATE_SEED_STRIDE = 1_000_000
+"""Candidate ``j`` of an image seeded ``s`` is drawn with seed ``s + j * CANDIDATE_SEED_STRIDE`` (candidate 0 is the
+image ``best_of=1`` would give)."""
+
+
+def candidate_generators(seeds: Sequence[int], best_of: int = 1) -> list[torch.Generator]:
+    """One CPU generator per candidate for ``pipe(..., generator=..., best_of=best_of)``: each row's image depends on
+    its own seed alone, whatever the batch it is generated in (prompt-major, then candidate)."""
+    return [torch.Generator().manual_seed(int(s) + j * CANDIDATE_SEED_STRIDE) for s in seeds for j in range(best_of)]
+
+
+def prompts_per_call(batch: int, best_of: int = 1) -> int:
+    """How many prompts (one image each) one call may take so that prompts x ``best_of`` candidates stay within
+    ``DUETGEN_MAX_IMAGES``: at most ``batch``, at least 1."""
+    from ..limits import current
+
+    return max(1, min(int(batch), current().max_images // max(1, int(best_of))))
 
 
 def _photo_tensor(item) -> torch.Tensor:
