@@ -112,20 +112,32 @@ def test_transfer_query_plumbing(tiny_encoder):
 
 @needs_embedded
 def test_the_shipped_encoder_reads_a_photos_attributes():
-    """Zero-shot reading with the embedded model: colour and domain almost always, the pattern well above chance.
+    """Zero-shot reading with the embedded model: colour and domain almost always, the pattern well above chance, and
+    reading through the composed query of the photo's outline reads the pattern better than the text tower alone.
 
-    Measured on 96 held-out sources of recipes/attribute_transfer.py: colour 0.98, pattern 0.53, domain 0.98; chance
-    is 1/8, 1/4 and 1/4.
+    Measured on these 64 photos: text colour 0.98, pattern 0.41, domain 0.92; composed 0.98, 0.62, 1.00 (on 192
+    held-out sources of recipes/attribute_transfer.py: 0.98 / 0.53 / 0.98 and 0.995 / 0.66 / 1.00). Chance is 1/8,
+    1/4 and 1/4.
     """
     import duetgen
 
     encoder = duetgen.load_encoder().eval()
     items = world_photos(64)
     pixels = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for *_, p in items])
-    read = read_attributes(encoder, pixels, batch_size=20)
+    with torch.no_grad():
+        outlines = torch.stack([outline_sketch(photo_silhouette(p), encoder.image_size) for *_, p in items])
+        outline_embeds = encoder.encode_sketch(outlines)
     truth = [a for _, a, _ in items]
-    acc = {k: np.mean([getattr(r, k) == getattr(a, k) for r, a in zip(read, truth, strict=True)]) for k in KINDS}
-    assert acc["colour"] >= 0.85 and acc["domain"] >= 0.85 and acc["pattern"] >= 0.35, acc
+    acc = {}
+    for name, kw in (("text", {}), ("composed", {"sketch_embeds": outline_embeds})):
+        read = read_attributes(encoder, pixels, batch_size=20, **kw)
+        acc[name] = {k: np.mean([getattr(r, k) == getattr(a, k) for r, a in zip(read, truth, strict=True)])
+                     for k in KINDS}  # fmt: skip
+    assert acc["text"]["colour"] >= 0.85 and acc["text"]["domain"] >= 0.8 and acc["text"]["pattern"] >= 0.3, acc
+    assert acc["composed"]["colour"] >= 0.9 and acc["composed"]["domain"] >= 0.9, acc
+    assert acc["composed"]["pattern"] >= 0.5 and acc["composed"]["pattern"] >= acc["text"]["pattern"] + 0.1, acc
+    with pytest.raises(ValueError, match="one each"):
+        read_attributes(encoder, image_embeds=outline_embeds, sketch_embeds=outline_embeds[:3])
 
 
 def test_each_photo_is_outlined_encoded_and_read_once(tiny_encoder):
