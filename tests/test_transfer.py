@@ -153,6 +153,11 @@ def test_each_photo_is_outlined_encoded_and_read_once(tiny_encoder):
         hook.remove()
     assert batches == [2, 2]  # the 2 distinct photos, then their 2 outlines
     assert torch.equal(tq.sketches[0], tq.sketches[2]) and tq.read[0] == tq.read[2] and tq.read[1] == tq.read[3]
+    with torch.no_grad():  # the reading is the composed query's (the outline with each phrase), not the text tower's
+        side = tiny_encoder.image_size
+        pixels = torch.stack([photo_tensor(p.resize((side, side), Image.BICUBIC)) for p in (a, b)])
+        composed = read_attributes(tiny_encoder, pixels, sketch_embeds=tiny_encoder.encode_sketch(tq.sketches[:2]))
+    assert tq.read[:2] == composed
     one = transfer_query(tiny_encoder, [b], ["in blue"], size=48)
     assert torch.allclose(one.query[0], tq.query[3], atol=1e-5) and one.words[0] == tq.words[3]
 
