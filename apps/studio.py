@@ -559,7 +559,8 @@ with tab_scenes:
             else:
                 with shown_errors():
                     by_object = scene_verify and sketch is not None
-                    check = {"verify_sketch": sketch, "verifier": scene_verifier_for(scenes)} if by_object else {}
+                    check = {"verify_sketch": sketch, "verifier": scene_verifier_for(scenes),
+                             "verify_words": words.strip()} if by_object else {}  # fmt: skip
                     (hits, seconds) = core.timed(
                         lambda: core.search(scenes, query_for(core.QUERY_MODES[0]), scene_k, regions=True, **check)
                     )

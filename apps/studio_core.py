@@ -416,10 +416,14 @@ def search(
     regions: bool = False,
     verify_sketch: torch.Tensor | None = None,
     verifier=None,
+    verify_words: str | None = None,
 ) -> list[SearchResult]:
     """The top ``k`` photos (or scenes with ``regions``); with ``verify_sketch`` (3, S, S), re-ranked by silhouette
-    agreement with it (:mod:`duetgen.verify`; pass a kept ``verifier`` so photo silhouettes are read once)."""
+    agreement with it (:mod:`duetgen.verify`; pass a kept ``verifier`` so photo silhouettes are read once). Scenes
+    verified object by object also read the query's ``verify_words`` from each object ("" for a sketch alone)."""
     verify = {} if verify_sketch is None else {"verify_sketches": verify_sketch[None], "verifier": verifier}
+    if verify_sketch is not None and regions:
+        verify["verify_words"] = verify_words
     return gallery.search(query, k=min(k, len(gallery)), regions=regions, **verify)[0]
 
 

@@ -135,9 +135,9 @@ def _retrieve_args(p: argparse.ArgumentParser) -> None:
         "--verify",
         action="store_true",
         help="re-rank the top 20 by how well each photo's object silhouette fills the sketch's outline (score = "
-        "cosine + weight x IoU); with --regions, re-score each scene by its best object instead (its crop's cosine "
-        "+ weight x shape agreement at any rotation) and box that object; for photos on plain backgrounds (product "
-        "shots, the procedural world); needs --sketch",
+        "cosine + weight x IoU); with --regions, re-score each scene by its best object instead (weight x shape "
+        "agreement at any rotation + how likely the object's crop shows what --text says) and box that object; for "
+        "photos on plain backgrounds (product shots, the procedural world); needs --sketch",
     )
     p.add_argument(
         "--verify-weight",
@@ -208,6 +208,8 @@ def _retrieve(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         query = encoder.encode_query(sketch[None] if sketch is not None else None, [args.text] if args.text else None)
     verify = {} if verifier is None else {"verify_sketches": sketch[None], "verifier": verifier}
+    if verifier is not None and args.regions:
+        verify["verify_words"] = args.text or ""  # what the words say is read from each object
     results = gallery.search(query, args.k, regions=args.regions, **verify)[0]
     if args.sheet:
         contact_sheet(sketch, args.text, results).save(args.sheet)

@@ -793,7 +793,16 @@ class Gallery:
     # search
     # ------------------------------------------------------------------------------------------------------
 
-    def search(self, query_embeds, k: int = 10, *, regions: bool = False, verify_sketches=None, verifier=None):
+    def search(
+        self,
+        query_embeds,
+        k: int = 10,
+        *,
+        regions: bool = False,
+        verify_sketches=None,
+        verifier=None,
+        verify_words=None,
+    ):
         """Top-k gallery items for each query.
 
         Args:
@@ -805,11 +814,15 @@ class Gallery:
             verify_sketches: the queries' sketches ((Q, 3, H, W) or (3, H, W) in [0, 1], as the encoder took them)
                 to re-rank each query's top hits by silhouette agreement (:mod:`duetgen.verify`; photos on plain
                 backgrounds); results then carry their ``iou``. With ``regions``, each scene is re-scored by its
-                best object instead (shape agreement at any rotation plus the cosine of the object's crop; pass a
-                :class:`duetgen.verify.SceneVerifier`).
+                best object instead (shape agreement at any rotation plus what the object's crop says about the
+                words; pass a :class:`duetgen.verify.SceneVerifier`).
             verifier: a :class:`duetgen.verify.SilhouetteVerifier` (weight, depth, and its cache of photo
                 silhouettes, worth keeping across searches); default: one with the default weight and depth. With
                 ``regions``: a :class:`duetgen.verify.SceneVerifier` (it holds the encoder), required.
+            verify_words: with ``regions`` and ``verify_sketches``, the words of each query (a list of str, or one
+                str for a single query; ``""`` for a sketch alone). World attribute words are read from each
+                object's crop, a sketch alone scores by shape only; ``None`` (the default: not known) scores
+                each object's crop cosine with the query (:class:`duetgen.verify.SceneVerifier`).
 
         Returns:
             For (Q, D) queries, Q lists of :class:`SearchResult` (best first); for a (D,) query, one list.
@@ -832,7 +845,9 @@ class Gallery:
             from .scene_retrieval import search_scenes
 
             if verify_sketches is not None:
-                return self._search_scenes_verified(query_embeds, int(k), verify_sketches, verifier, n_queries)
+                return self._search_scenes_verified(
+                    query_embeds, int(k), verify_sketches, verifier, n_queries, verify_words
+                )
             return search_scenes(self, query_embeds, k)
         if verify_sketches is not None:
             return self._search_verified(query_embeds, int(k), verify_sketches, verifier, n_queries)
@@ -861,7 +876,7 @@ class Gallery:
         out = [verifier.rerank(hits, mask, k) for hits, mask in zip(found, masks, strict=True)]
         return out[0] if single else out
 
-    def _search_scenes_verified(self, query_embeds, k: int, sketches, verifier, n_queries: int):
+    def _search_scenes_verified(self, query_embeds, k: int, sketches, verifier, n_queries: int, words=None):
         from .scene_retrieval import search_scenes
         from .verify import SceneVerifier, sketch_regions
 
@@ -876,8 +891,11 @@ class Gallery:
             as_float32(query_embeds))  # fmt: skip
         single = q.ndim == 1
         q = q[None] if single else q
+        words = [words] * n_queries if words is None or isinstance(words, str) else list(words)
+        if len(words) != n_queries or not all(w is None or isinstance(w, str) for w in words):
+            raise DuetgenInputError(f"verify_words must be one str (or None) per query: {n_queries} queries")
         found = search_scenes(self, q, max(k, verifier.depth))
-        out = [verifier.rerank(hits, q[i], masks[i], k) for i, hits in enumerate(found)]
+        out = [verifier.rerank(hits, q[i], masks[i], k, words[i]) for i, hits in enumerate(found)]
         return out[0] if single else out
 
     # ------------------------------------------------------------------------------------------------------

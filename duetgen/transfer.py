@@ -199,16 +199,34 @@ def photo_silhouette(photo: Image.Image, work: int = 96) -> np.ndarray:
     distance, at least 25 of 255) are foreground. Opening drops specks (stars), closing bridges pattern gaps, holes
     are filled by flooding the background from the border.
     """
+    dist = background_distance(photo, work)
+    mask = dist > max(_otsu(dist), 25.0)
+    mask = _morph(_morph(mask, 3, "erode"), 3, "dilate")
+    return fill_holes(_morph(_morph(mask, 5, "dilate"), 5, "erode"))
+
+
+def background_distance(photo: Image.Image, work: int) -> np.ndarray:
+    """How far each pixel's colour lies from the background, float (work, work) in RGB units (0-441).
+
+    The background colour of each row is interpolated between the median colours of its left and right edge strips
+    (``work // 24`` px, at least 2), so uniform, gradient, banded and starry backdrops all fit. The photo is resized
+    to ``work`` px and blurred slightly (sigma 0.7 px) first."""
     img = photo.convert("RGB").resize((work, work), Image.BILINEAR).filter(ImageFilter.GaussianBlur(0.7))
     a = np.asarray(img, dtype=np.float32)  # (H, W, 3)
-    strip = max(2, work // 24)
+    strip = edge_strip(work)
     left, right = np.median(a[:, :strip], axis=1), np.median(a[:, -strip:], axis=1)  # (H, 3) each
     t = np.linspace(0, 1, work, dtype=np.float32)[None, :, None]
     background = left[:, None] * (1 - t) + right[:, None] * t  # (H, W, 3)
-    dist = np.linalg.norm(a - background, axis=-1)  # (H, W)
-    mask = dist > max(_otsu(dist), 25.0)
-    mask = _morph(_morph(mask, 3, "erode"), 3, "dilate")
-    mask = _morph(_morph(mask, 5, "dilate"), 5, "erode")
+    return np.linalg.norm(a - background, axis=-1)
+
+
+def edge_strip(work: int) -> int:
+    """Width in px of the edge strips :func:`background_distance` reads the background from."""
+    return max(2, work // 24)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """A bool (H, W) mask with every region the border cannot reach filled."""
     fill = Image.fromarray(np.pad(mask, 1).astype(np.uint8) * 255).copy()
     ImageDraw.floodfill(fill, (0, 0), 128)
     return np.asarray(fill)[1:-1, 1:-1] != 128

@@ -10,9 +10,9 @@
    (box hit: the object's centre lies in the box) and memory per item.
 4. Unless ``--no-verify``: ranks every scene by its best *object* (:class:`duetgen.SceneVerifier`): the objects are
    the connected parts of the scene's foreground silhouette, split by hue where objects of different colours touch;
-   each scores the cosine of its crop's embedding with the
-   query plus ``--verify-weight`` x the IoU of its silhouette with the sketch's region at the best of 36 rotations,
-   each in a frame free of position and size.
+   each scores ``--verify-weight`` x the correlation of its silhouette with the sketch's region at the best of 36
+   rotations, each in a frame free of position and size, plus (with words) 0.03 x the log-probability of the words'
+   colour read zero-shot from the object's crop.
 
     python recipes/scene_retrieval.py --scenes 300 --queries 150 --out scene_retrieval.json --sheet sheet.png
 
@@ -204,8 +204,10 @@ def main(argv=None) -> dict:
             box_hit.append(own.box[0] <= cx < own.box[2] and own.box[1] <= cy < own.box[3])
         global_sim = q @ global_emb.T
         verified = {}
-        if args.verify:  # every scene re-scored by its best object: crop cosine + weight * rotation-free shape IoU
-            found = gallery.search(q, k=len(gallery), regions=True, verify_sketches=sketches, verifier=verifier)
+        if args.verify:  # every scene re-scored by its best object: rotation-free shape + the words read from it
+            said = words if name == "sketch+words" else ""  # the words each object's crop is read against
+            found = gallery.search(q, k=len(gallery), regions=True, verify_sketches=sketches, verifier=verifier,
+                                   verify_words=said)  # fmt: skip
             ver_sim = np.full((len(q), len(gallery)), -np.inf, np.float32)
             for qi, res in enumerate(found):
                 for r in res:

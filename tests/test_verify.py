@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import embedded_present
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from duetgen import world
 from duetgen.errors import DuetgenInputError
@@ -202,8 +202,8 @@ def test_touching_objects_of_different_colours_are_split_and_a_patterned_one_is_
 
 
 def test_scene_objects_segment_most_world_objects():
-    """Against the true instance masks of 60 world scenes: the colour split lifts the share of objects found with
-    IoU >= 0.7 (0.71 -> 0.83 on 150 scenes)."""
+    """Against the true instance masks of 60 world scenes: the share of objects found with IoU >= 0.7 is 0.92 with
+    the colour split, 0.82 without (one Otsu threshold for the whole scene found 0.83 with the split)."""
     from duetgen.verify import scene_objects
 
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_scene_objects_segment_most_world_objects():
         best = [max([mask_iou(m, instance_mask(o, 128)) for m in scene_objects(im, split_colours=split)[1]],
                     default=0.0) for im, sc in zip(photos, scenes, strict=True) for o in sc.objects]  # fmt: skip
         share[split] = float(np.mean(np.asarray(best) >= 0.7))
-    assert share[True] >= 0.78 and share[True] >= share[False] + 0.06, share
+    assert share[True] >= 0.88 and share[True] >= share[False] + 0.06, share
 
 
 def _box_iou(a, b) -> float:
@@ -252,6 +252,8 @@ def test_scene_verification_needs_a_scene_verifier(tmp_path):
     with pytest.raises(DuetgenInputError, match="weight must be"):
         duetgen.SceneVerifier(enc, weight=-1)
     verifier = duetgen.SceneVerifier(enc, weight=0.7)
+    with pytest.raises(DuetgenInputError, match="verify_words must be one str"):
+        g.search(q, k=2, regions=True, verify_sketches=sketch, verifier=verifier, verify_words=["red", "blue"])
     hits = g.search(q, k=2, regions=True, verify_sketches=sketch, verifier=verifier)[0]
     assert len(hits) == 2 and all(h.iou is not None and h.box is not None and h.region is None for h in hits)
     assert hits[0].score >= hits[1].score
@@ -330,3 +332,71 @@ def test_score_generations_terms_and_errors():
         score_generations(encoder, x, torch.zeros(2, 5), region)
     with pytest.raises(DuetgenInputError, match="regions must be bool"):
         score_generations(encoder, x, q, region[:1])
+
+
+def test_scene_foreground_keeps_a_pale_object_beside_a_bold_one_and_drops_a_shadow():
+    """One Otsu threshold (photo_silhouette) falls between the backdrop and the boldest object; scene_foreground
+    finds each object's own threshold."""
+    from duetgen.transfer import photo_silhouette
+    from duetgen.verify import scene_foreground
+
+    canvas = np.full((128, 128, 3), 232.0, np.float32)
+    canvas[20:60, 14:54] = world.COLOURS["blue"]  # bold
+    canvas[70:110, 70:110] = (236, 196, 210)  # pale pink: 45 RGB units from the backdrop
+    caster = np.zeros((128, 128), np.uint8)
+    caster[24:64, 78:90] = 255
+    shadow = np.asarray(Image.fromarray(np.roll(caster, (5, 4), (0, 1))).filter(ImageFilter.GaussianBlur(3.2)))
+    canvas *= 1 - 0.3 * shadow[..., None] / 255  # a soft contact shadow, as the world's plain domain casts
+    canvas[caster > 0] = world.COLOURS["blue"]  # ... by a second bold object
+    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    fg = scene_foreground(image)
+    pale = np.zeros((128, 128), bool)
+    pale[70:110, 70:110] = True
+    assert mask_iou(fg & pale, pale) > 0.9  # the pale object is found whole
+    assert not photo_silhouette(image, work=128)[pale].mean() > 0.5  # what one global threshold does
+    assert fg[30:70, 92:100].mean() < 0.2  # the shadow beside the second blue object is not foreground
+    assert fg[30:58, 20:48].all() and fg[30:58, 80:88].all() and not fg[:10].any()
+    assert not scene_foreground(Image.new("RGB", (64, 64), (90, 140, 200))).any()  # a bare backdrop: nothing
+
+
+@pytest.mark.skipif(not embedded_present(), reason="embedded model not shipped in this checkout")
+def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
+    """Two scenes hold a star and a heart in swapped colours: a star sketch with "red" finds the scene whose star
+    is red, with "blue" the other; the score is shape + WORDS_WEIGHT x log P(colour | object crop)."""
+    import duetgen
+    from duetgen.verify import ANGLES, READ_TEMPERATURE, WORDS_WEIGHT, SceneVerifier, shape_frames, shape_similarity
+
+    encoder = duetgen.load_encoder().eval()
+    star = world.Instance("star", 0.3, 0.32, 0.32, 0.2, (0.5, 0.5))
+    heart = world.Instance("heart", 0.7, 0.7, 0.32, 0.0, (0.5, 0.5))
+    paths = {}
+    for name, (c_star, c_heart) in {"red_star": ("red", "blue"), "blue_star": ("blue", "red")}.items():
+        attrs = (world.Attributes(c_star, "solid", "plain"), world.Attributes(c_heart, "solid", "plain"))
+        photo, _ = world.render_scene(world.Scene((star, heart), attrs), 128, seed=1)
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(photo).save(paths[name])
+    sketch = torch.from_numpy(world.render_sketch(world.Instance("star", 0.5, 0.5, 0.8, 0.2, (0.5, 0.5)), 128))
+    sketch = sketch.float().div(255)[None].expand(3, -1, -1)
+    region = sketch_regions(sketch, size=128)[0]
+    with torch.inference_mode():
+        query = encoder.encode_query(sketch[None])[0]
+    hits = [SearchResult(0.0, p, i) for i, p in enumerate(paths.values())]
+    verifier = SceneVerifier(encoder)
+    for colour in ("red", "blue"):
+        top = verifier.rerank(hits, query, region, k=2, words=colour)
+        assert top[0].path == paths[f"{colour}_star"], [(h.path, h.score) for h in top]
+        boxes, frames, embeds = verifier.objects(top[0].path)  # the score, from its parts
+        shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
+        with torch.inference_mode():
+            text = encoder.encode_text([world.words(a) for a in world.ALL_ATTRIBUTES]).float()
+        logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
+        agree = torch.tensor([a.colour == colour for a in world.ALL_ATTRIBUTES])
+        expected = (shape + WORDS_WEIGHT * logp[:, agree].logsumexp(1)).max()
+        assert abs(top[0].score - float(expected)) < 1e-4
+    alone = verifier.rerank(hits, query, region, k=2, words="")  # a sketch alone: shape only, both stars agree
+    assert abs(alone[0].score - alone[1].score) < 0.05 and all(h.score == h.iou for h in alone)
+    other = verifier.rerank(hits, query, region, k=2, words="fluffy")  # not world words: the crop cosine counts
+    for h in other:
+        _, frames, embeds = verifier.objects(h.path)
+        shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
+        assert abs(h.score - float((embeds @ query.float() + shape).max())) < 1e-4
