@@ -348,6 +348,7 @@ def test_scene_foreground_keeps_a_pale_object_beside_a_bold_one_and_drops_a_shad
     shadow = np.asarray(Image.fromarray(np.roll(caster, (5, 4), (0, 1))).filter(ImageFilter.GaussianBlur(3.2)))
     canvas *= 1 - 0.3 * shadow[..., None] / 255  # a soft contact shadow, as the world's plain domain casts
     canvas[caster > 0] = world.COLOURS["blue"]  # ... by a second bold object
+    canvas += np.random.default_rng(0).normal(0, 3, (128, 128, 1))  # a photo's grain: the backdrop is not flat
     image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     fg = scene_foreground(image)
     pale = np.zeros((128, 128), bool)
@@ -400,3 +401,44 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
         _, frames, embeds = verifier.objects(h.path)
         shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
         assert abs(h.score - float((embeds @ query.float() + shape).max())) < 1e-4
+
+
+def test_scene_foreground_on_a_flat_backdrop_keeps_a_pattern_tint_close_to_it(monkeypatch):
+    """Pixel art: a flat backdrop has no glow or shadow to cut off, so every pixel that differs from it is object,
+    even a pattern tint only 21 RGB units from the backdrop (an own-neighbourhood threshold would keep only the
+    bold stripes)."""
+    from duetgen import verify
+
+    canvas = np.zeros((128, 128, 3), np.uint8)
+    canvas[:] = (170, 215, 245)  # the world's pixel-art sky
+    obj = np.zeros((128, 128), bool)
+    obj[40:88, 30:78] = True
+    canvas[obj] = world.COLOURS["blue"]
+    for y in range(40, 88, 16):
+        canvas[y : y + 8, 30:78] = (184, 200, 240)  # the pale tint of blue stripes
+    image = Image.fromarray(canvas)
+    assert mask_iou(verify.scene_foreground(image), obj) > 0.9
+    monkeypatch.setattr(verify, "SCENE_FLAT", -1.0)  # treat the backdrop as noisy: the tint is lost
+    assert mask_iou(verify.scene_foreground(image), obj) < 0.8
+
+
+def test_object_crops_with_masks_show_only_their_own_object():
+    from duetgen.verify import object_crops, scene_objects
+
+    canvas = np.full((128, 128, 3), 235, np.uint8)
+    canvas[30:70, 20:60] = world.COLOURS["red"]
+    canvas[62:100, 58:96] = world.COLOURS["blue"]  # a neighbour inside the red one's crop
+    image = Image.fromarray(canvas)
+    boxes, masks = scene_objects(image)
+    assert len(boxes) == 2
+    red = int(np.argmax([canvas[m][:, 0].mean() for m in masks]))
+    plain = object_crops(image, boxes[red : red + 1], 64, 0.8)[0]
+    alone = object_crops(image, boxes[red : red + 1], 64, 0.8, masks=masks[red : red + 1])[0]
+
+    def blue_share(crop):
+        r, g, b = crop
+        return float(((b > 0.6) & (r < 0.3)).float().mean())
+
+    assert blue_share(plain) > 0.02 and blue_share(alone) == 0.0
+    assert torch.allclose(alone[:, 0, 0], torch.full((3,), 235 / 255), atol=1e-3)  # the backdrop's colour
+    assert float(((alone[0] > 0.7) & (alone[1] < 0.3)).float().mean()) > 0.3  # the red object is still there
