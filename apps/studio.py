@@ -521,9 +521,9 @@ with tab_scenes:
     scene_k = s[1].slider("Scenes to show", 4, 16, 8, step=4, key="scene_k")
     scene_verify = st.checkbox(
         "Verify objects by shape", key="scene_verify", disabled=sketch is None,
-        help="Re-score each scene by its best object: its crop's match with the query plus how well its silhouette "
-             "fits the sketch at any rotation (scenes on plain backgrounds; 4x the mAP of regions on the demo "
-             "scenes). The first search reads each scene's objects once.",
+        help="Re-score each scene by its best object: how well its silhouette fits the sketch at any rotation, plus "
+             "how likely its crop shows what the words say (a colour, say) (scenes on plain backgrounds; 3 to 6 "
+             "times the mAP of regions on world scenes). The first search reads each scene's objects once.",
     )  # fmt: skip
     scenes = None
     if models is None:
@@ -568,6 +568,6 @@ with tab_scenes:
                                f" · answered in {seconds * 1000:.0f} ms")  # fmt: skip
                     images = [core.result_image(h.path, image_roots, h.box) or core.placeholder("outside allowed")
                               for h in hits]  # fmt: skip
-                    labels = [f"#{i} · {h.score:.3f} · " + (f"object {h.box} · shape {h.iou:.2f}" if h.iou is not None
+                    labels = [f"#{i} · {h.score:.3f} · " + (f"object {h.box} · shape {h.iou:.3f}" if h.iou is not None
                               else f"region {h.box}") for i, h in enumerate(hits, 1)]  # fmt: skip
                     grid([core.display(im, 256) for im in images], labels)

@@ -228,7 +228,8 @@ def _retrieve(args: argparse.Namespace) -> int:
         return 0
     for i, r in enumerate(results, 1):
         box = f"  box {r.box}" if r.box is not None else ""
-        iou = f"  iou {r.iou:.2f}" if r.iou is not None else ""
+        kind = "shape" if r.box is not None else "iou"  # scenes: the object's shape agreement
+        iou = f"  {kind} {r.iou:.3f}" if r.iou is not None else ""
         print(f"{i:3d}  {r.score:+.4f}  {r.path}{box}{iou}")
     if args.sheet:
         print(f"contact sheet: {args.sheet}")

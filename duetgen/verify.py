@@ -542,6 +542,7 @@ class SceneVerifier:
             named, unknown = parse_attribute_words(words)
             if named and not unknown:
                 agree = torch.tensor([all(getattr(a, key) == v for key, v in named.items()) for a in ALL_ATTRIBUTES])
+                text = self._attribute_text()  # (128, D), once per query
         out = []
         for h in hits:
             found = self.objects(h.path)
@@ -551,7 +552,8 @@ class SceneVerifier:
             boxes, frames, embeds = found
             shape = shape_similarity(qframes, frames)
             if agree is not None:
-                scores = self.weight * shape + WORDS_WEIGHT * self._attribute_log_probs(embeds)[:, agree].logsumexp(1)
+                log_probs = torch.log_softmax(embeds.float() @ text.T / READ_TEMPERATURE, dim=1)  # (M, 128)
+                scores = self.weight * shape + WORDS_WEIGHT * log_probs[:, agree].logsumexp(1)
             elif alone:
                 scores = self.weight * shape
             else:
@@ -562,10 +564,9 @@ class SceneVerifier:
         out.sort(key=lambda h: -h.score)
         return out[:k]
 
-    def _attribute_log_probs(self, embeds: torch.Tensor) -> torch.Tensor:
-        """(M, D) crop embeddings -> (M, 128) log-probabilities of the world attribute phrases."""
+    def _attribute_text(self) -> torch.Tensor:
+        """(128, D) float text embeddings of the world attribute phrases (cached per encoder)."""
         from .transfer import _attribute_text_embeds
 
         with torch.inference_mode():
-            text = _attribute_text_embeds(self.encoder).float()
-        return torch.log_softmax(embeds.float() @ text.T / READ_TEMPERATURE, dim=1)
+            return _attribute_text_embeds(self.encoder).float()

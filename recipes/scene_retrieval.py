@@ -113,10 +113,10 @@ def contact_sheet(path: Path, rows: list[dict], cell: int = 128, pad: int = 6) -
                 x0, y0, x1, y1 = (v * scale for v in hit["box"])
                 colour = (250, 220, 0) if hit["relevant"] else (150, 150, 150)
                 draw.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1], outline=colour, width=2)
-            iou = f", shape {hit['iou']:.2f}" if hit.get("iou") is not None else ""
+            iou = f", shape {hit['iou']:.3f}" if hit.get("iou") is not None else ""
             draw.rectangle([x, y + cell - 27, x + cell - 1, y + cell - 1], fill=(45, 45, 45))
             draw.text((x + 3, y + cell - 25), Path(hit["path"]).stem, fill="white", font=font)
-            draw.text((x + 3, y + cell - 13), f"score {hit['score']:.2f}{iou}", fill="white", font=font)
+            draw.text((x + 3, y + cell - 13), f"score {hit['score']:.3f}{iou}", fill="white", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     sheet.save(tmp, format="PNG")

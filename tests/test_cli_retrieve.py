@@ -122,7 +122,9 @@ def test_reindex_updates_incrementally(setup, capsys, tmp_path):
     payload = json.loads(out)
     assert payload["verify_weight"] == 2.0 and len(payload["results"]) == 3
     found = [r for r in payload["results"] if "iou" in r]  # photos where objects were found
-    assert found and all(0 <= r["iou"] <= 1 and len(r["box"]) == 4 and r["region"] is None for r in found)
+    assert found and all(-1 <= r["iou"] <= 1 and len(r["box"]) == 4 and r["region"] is None for r in found)
+    # a sketch alone scores each object by its shape: the score is weight x shape agreement
+    assert all(abs(r["score"] - 2.0 * r["iou"]) < 1e-5 for r in found)
 
 
 def test_errors_are_one_line_exit_2(setup, capsys, tmp_path):

@@ -258,6 +258,16 @@ def test_scene_retrieval_verified_by_objects(app, assets):
     assert any("objects verified" in c.value for c in scenes.caption)
     assert app.session_state["scene_verifier"][1].weight == 1.0
 
+    def score_and_shape(caption):  # "#1 · 0.971 · object (64, 46, 84, 84) · shape 0.971"
+        parts = caption.split(" · ")
+        return float(parts[1]), float(parts[-1].split()[-1])
+
+    # a sketch alone scores each object by its shape; words ("red") add what the object's crop says about them
+    assert all(a == b for a, b in map(score_and_shape, [c for c in captions if "object (" in c]))
+    app.text_input(key="words").input("red").run()
+    worded = [c for im in tab(app, "Scene retrieval").image for c in im.captions if "object (" in c]
+    assert worded and any(a < b for a, b in map(score_and_shape, worded)), worded
+
 
 def test_upload_a_sketch_file(app):
     app.radio(key="sketch_source").set_value("Upload").run()
