@@ -841,6 +841,8 @@ class Gallery:
             query_embeds = as_float32(query_embeds)
         n_queries = 1 if query_embeds.ndim == 1 else len(query_embeds)
         limits.check("max_queries", n_queries, "the number of queries", lim)
+        if verify_words is not None and not (regions and verify_sketches is not None):
+            raise DuetgenInputError("verify_words goes with regions=True and verify_sketches (scene verification)")
         if regions:
             from .scene_retrieval import search_scenes
 

@@ -436,6 +436,10 @@ def object_crops(
     x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
     h, w = x.shape[1:]
     if masks is not None:
+        if np.ndim(masks) != 3 or len(masks) != len(boxes):
+            raise DuetgenInputError(
+                f"masks must be (M, h, w), one per box: {len(boxes)} boxes, masks {np.shape(masks)}"
+            )
         border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)  # (3, 2w + 2h)
         backdrop = border.median(dim=1).values[:, None, None]
         full = torch.nn.functional.interpolate(torch.as_tensor(np.asarray(masks))[:, None].float(), size=(h, w))
@@ -496,6 +500,7 @@ class SceneVerifier:
         self.encoder = encoder
         self.weight, self.depth, self.cache_size = float(weight), int(depth), int(cache_size)
         self._cache: OrderedDict[str, tuple | None] = OrderedDict()
+        self._reads: dict[str, torch.Tensor] = {}  # path -> (M, 128) attribute log-probabilities of its objects
 
     def objects(self, path: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
         """``(boxes (M, 4) int (x0, y0, x1, y1) in pixels of the file, upright frames (M, F, F), crop embeddings
@@ -523,13 +528,15 @@ class SceneVerifier:
             found = None
         self._cache[path] = found
         if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            self._reads.pop(self._cache.popitem(last=False)[0], None)
         return found
 
     def rerank(self, hits: list, query: torch.Tensor, region: np.ndarray, k: int, words: str | None = None) -> list:
         """The best ``k`` of ``hits`` (scene-retrieval results, best first) after re-scoring each by its best object
         for ``query`` (D,), the sketch's ``region`` (bool (S, S)) and the query's ``words`` (``""`` for a sketch
         alone, ``None`` when unknown: see the class). An empty region (a blank sketch) changes nothing."""
+        if words is not None and not isinstance(words, str):
+            raise DuetgenInputError(f"words must be a str ('' for a sketch alone) or None, got {type(words).__name__}")
         if not region.any():
             return hits[:k]
         qframes = shape_frames(region[None], ANGLES)[0]
@@ -552,7 +559,9 @@ class SceneVerifier:
             boxes, frames, embeds = found
             shape = shape_similarity(qframes, frames)
             if agree is not None:
-                log_probs = torch.log_softmax(embeds.float() @ text.T / READ_TEMPERATURE, dim=1)  # (M, 128)
+                log_probs = self._reads.get(h.path)
+                if log_probs is None:  # read once per scene, whatever the query's words
+                    log_probs = self._reads[h.path] = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, dim=1)
                 scores = self.weight * shape + WORDS_WEIGHT * log_probs[:, agree].logsumexp(1)
             elif alone:
                 scores = self.weight * shape

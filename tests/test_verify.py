@@ -254,6 +254,10 @@ def test_scene_verification_needs_a_scene_verifier(tmp_path):
     verifier = duetgen.SceneVerifier(enc, weight=0.7)
     with pytest.raises(DuetgenInputError, match="verify_words must be one str"):
         g.search(q, k=2, regions=True, verify_sketches=sketch, verifier=verifier, verify_words=["red", "blue"])
+    with pytest.raises(DuetgenInputError, match="verify_words goes with regions=True and verify_sketches"):
+        g.search(q, k=2, regions=True, verify_words="red")
+    with pytest.raises(DuetgenInputError, match="words must be a str"):
+        verifier.rerank([], q[0], np.ones((128, 128), bool), k=2, words=["red"])
     hits = g.search(q, k=2, regions=True, verify_sketches=sketch, verifier=verifier)[0]
     assert len(hits) == 2 and all(h.iou is not None and h.box is not None and h.region is None for h in hits)
     assert hits[0].score >= hits[1].score
@@ -440,5 +444,7 @@ def test_object_crops_with_masks_show_only_their_own_object():
         return float(((b > 0.6) & (r < 0.3)).float().mean())
 
     assert blue_share(plain) > 0.02 and blue_share(alone) == 0.0
+    with pytest.raises(DuetgenInputError, match="one per box"):
+        object_crops(image, boxes, 64, 0.8, masks=masks[:1])
     assert torch.allclose(alone[:, 0, 0], torch.full((3,), 235 / 255), atol=1e-3)  # the backdrop's colour
     assert float(((alone[0] > 0.7) & (alone[1] < 0.3)).float().mean()) > 0.3  # the red object is still there
