@@ -391,10 +391,10 @@ def test_scene_retrieval_recipe_runs(tiny_pipe_dir, tmp_path):
 def test_scene_retrieval_verified_by_objects_with_the_embedded_encoder(tmp_path):
     """Scenes re-scored by their best object (rotation-free shape agreement + the colour read from the object) find
     the scenes holding a sketched object far better than the best region does. Measured at 60 scenes / 30 queries
-    (seeds 0 and 1): with a colour word 0.90-0.93 against 0.22-0.23; sketch alone 0.86-0.88 against 0.29-0.33
+    (seeds 0 and 1): with a colour word 0.88-0.93 against 0.22-0.23; sketch alone 0.88-0.89 against 0.29-0.33
     (300 / 150: recipes/README)."""
     sr = load_recipe("scene_retrieval")
     res = sr.main(["--scenes", "60", "--queries", "30", "--work", str(tmp_path / "work")])
     words, sketch = res["sketch+words"], res["sketch"]
-    assert words["map_verified"] >= 0.7 and words["map_verified"] >= 3 * words["map_regions"], words
-    assert sketch["map_verified"] >= 0.7 and sketch["map_verified"] >= 2 * sketch["map_regions"], sketch
+    assert words["map_verified"] >= 0.75 and words["map_verified"] >= 3 * words["map_regions"], words
+    assert sketch["map_verified"] >= 0.75 and sketch["map_verified"] >= 2 * sketch["map_regions"], sketch

@@ -1,5 +1,6 @@
 """Silhouette verification (duetgen.verify): sketch regions, photo silhouettes, re-ranking, and the gallery path."""
 
+import math
 import os
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import embedded_present
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from duetgen import world
 from duetgen.errors import DuetgenInputError
@@ -157,6 +158,32 @@ def test_shape_agreement_ignores_position_size_and_rotation_but_not_shape():
     one = shape_similarity(shape_frames(instance_mask(turned, 128)[None], 1)[0], upright[:1])
     assert float(one) < float(shape_similarity(shape_frames(instance_mask(turned, 128)[None], ANGLES)[0], upright[:1]))
     assert not shape_frames(np.zeros((1, 32, 32), bool), 4).any()  # an empty mask has empty frames
+
+
+@pytest.mark.parametrize("whiten, ratio", [(0.5, 2.0), (0.0, 4.0), (1.0, 1.0)])
+def test_shape_frames_undo_a_share_of_the_elongation(monkeypatch, whiten, ratio):
+    """A 4:1 bar, turned 30 degrees: its frame's principal standard deviations are in the ratio 4 ** (1 - whiten)
+    (FRAME_WHITEN 0.5, the default: 2:1), with its area kept."""
+    from duetgen import verify
+
+    monkeypatch.setattr(verify, "FRAME_BLUR", 0.3)  # nearly sharp frames: the moments are the bar's own
+    monkeypatch.setattr(verify, "FRAME_WHITEN", whiten)
+    canvas = Image.new("L", (128, 128))
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    corners = [(64 + c * x - s * y, 64 + s * x + c * y) for x, y in ((-24, -6), (24, -6), (24, 6), (-24, 6))]
+    ImageDraw.Draw(canvas).polygon(corners, fill=255)
+    frame = verify.shape_frames((np.asarray(canvas) > 127)[None])[0, 0].double()
+    ys, xs = torch.meshgrid(
+        torch.arange(40.0, dtype=torch.float64), torch.arange(40.0, dtype=torch.float64), indexing="ij"
+    )
+    w = frame / frame.sum()
+    dy, dx = ys - (w * ys).sum(), xs - (w * xs).sum()
+    cov = torch.tensor([[(w * dx * dx).sum(), (w * dx * dy).sum()], [(w * dx * dy).sum(), (w * dy * dy).sum()]])
+    var = torch.linalg.eigvalsh(cov)
+    assert abs(float((var[1] / var[0]).sqrt()) - ratio) < 0.15 * ratio
+    plain = verify.shape_frames((np.asarray(canvas) > 127)[None])[0, 0].sum()
+    monkeypatch.setattr(verify, "FRAME_WHITEN", 0.0)
+    assert abs(float(plain / verify.shape_frames((np.asarray(canvas) > 127)[None])[0, 0].sum()) - 1) < 0.15
 
 
 def test_scene_objects_find_the_rendered_objects():
@@ -367,9 +394,11 @@ def test_scene_foreground_keeps_a_pale_object_beside_a_bold_one_and_drops_a_shad
 @pytest.mark.skipif(not embedded_present(), reason="embedded model not shipped in this checkout")
 def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
     """Two scenes hold a star and a heart in swapped colours: a star sketch with "red" finds the scene whose star
-    is red, with "blue" the other; the score is shape + WORDS_WEIGHT x log P(colour | object crop)."""
+    is red, with "blue" the other; the score is shape + WORDS_WEIGHT x min(0, log(P(colour | object crop) /
+    WORDS_FREE)): the star of the asked colour pays nothing for the words, the other scene's best object does."""
     import duetgen
-    from duetgen.verify import ANGLES, READ_TEMPERATURE, WORDS_WEIGHT, SceneVerifier, shape_frames, shape_similarity
+    from duetgen import verify
+    from duetgen.verify import ANGLES, READ_TEMPERATURE, SceneVerifier, shape_frames, shape_similarity
 
     encoder = duetgen.load_encoder().eval()
     star = world.Instance("star", 0.3, 0.32, 0.32, 0.2, (0.5, 0.5))
@@ -390,14 +419,20 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
     for colour in ("red", "blue"):
         top = verifier.rerank(hits, query, region, k=2, words=colour)
         assert top[0].path == paths[f"{colour}_star"], [(h.path, h.score) for h in top]
-        boxes, frames, embeds = verifier.objects(top[0].path)  # the score, from its parts
-        shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
         with torch.inference_mode():
             text = encoder.encode_text([world.words(a) for a in world.ALL_ATTRIBUTES]).float()
-        logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
         agree = torch.tensor([a.colour == colour for a in world.ALL_ATTRIBUTES])
-        expected = (shape + WORDS_WEIGHT * logp[:, agree].logsumexp(1)).max()
-        assert abs(top[0].score - float(expected)) < 1e-4
+        for hit in top:  # the score, from its parts
+            _, frames, embeds = verifier.objects(hit.path)
+            shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
+            logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
+            odds = logp[:, agree].logsumexp(1) - math.log(verify.WORDS_FREE)
+            assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * odds.clamp_max(0)).max())) < 1e-4
+            star = int(shape.argmax())
+            if hit is top[0]:  # its star is read as the asked colour (P >= WORDS_FREE): it pays nothing
+                assert odds[star] >= 0 and abs(hit.score - float(shape[star])) < 1e-6
+            else:  # its star is of the other colour: the words cost it
+                assert odds[star] < math.log(0.1)
     alone = verifier.rerank(hits, query, region, k=2, words="")  # a sketch alone: shape only, both stars agree
     assert abs(alone[0].score - alone[1].score) < 0.05 and all(h.score == h.iou for h in alone)
     other = verifier.rerank(hits, query, region, k=2, words="fluffy")  # not world words: the crop cosine counts
