@@ -487,11 +487,13 @@ class SceneVerifier:
     what the query's words say (the ``words`` of :meth:`rerank`):
 
     * world attribute words ("red", "blue with dots"; :func:`duetgen.transfer.parse_attribute_words` reads them
-      all): ``WORDS_WEIGHT x min(0, log(P(those attributes | object) / WORDS_FREE))``, read zero-shot from the
-      object crop's embedding against the 128 attribute phrases (softmax at ``READ_TEMPERATURE``; the probability
-      sums over every phrase that agrees with the words). An object the words more likely describe than not pays
-      nothing, so among objects of the asked colour shape alone ranks; how sure the reading is (P 0.6 or 0.99)
-      says nothing about the shape, and adding all of ``log P`` let that noise outrank the shape;
+      all): for each attribute they name, ``WORDS_WEIGHT x min(0, log(P(that attribute | object) / WORDS_FREE))``,
+      read zero-shot from the object crop's embedding against the 128 attribute phrases (softmax at
+      ``READ_TEMPERATURE``; the probability sums over every phrase that agrees with the attribute). An object the
+      words more likely describe than not pays nothing, so among objects of the asked colour shape alone ranks; how
+      sure the reading is (P 0.6 or 0.99) says nothing about the shape, and adding all of ``log P`` let that noise
+      outrank the shape. Each attribute pays apart: with "red with stripes", a red dotted star pays for its dots
+      only, and a brown striped blob for its colour, which the reading is far surer of than of a pattern;
     * a sketch alone (``""``): none;
     * other words, or words not given (``None``): the cosine of the query and the object crop's embedding.
 
@@ -562,14 +564,14 @@ class SceneVerifier:
             return hits[:k]
         qframes = shape_frames(region[None], ANGLES)[0]
         q = torch.as_tensor(query, dtype=torch.float32)
-        agree = None  # (128,) bool: the attribute phrases that agree with the words
+        agree = None  # (A, 128) bool: per attribute the words name, the phrases that agree with it
         alone = words is not None and not words.strip()  # a sketch alone
         if not alone and words is not None:
             from .transfer import parse_attribute_words
 
             named, unknown = parse_attribute_words(words)
             if named and not unknown:
-                agree = torch.tensor([all(getattr(a, key) == v for key, v in named.items()) for a in ALL_ATTRIBUTES])
+                agree = torch.tensor([[getattr(a, key) == v for a in ALL_ATTRIBUTES] for key, v in named.items()])
                 text = self._attribute_text()  # (128, D), once per query
         out = []
         for h in hits:
@@ -583,8 +585,8 @@ class SceneVerifier:
                 log_probs = self._reads.get(h.path)
                 if log_probs is None:  # read once per scene, whatever the query's words
                     log_probs = self._reads[h.path] = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, dim=1)
-                odds = log_probs[:, agree].logsumexp(1) - math.log(WORDS_FREE)
-                scores = self.weight * shape + WORDS_WEIGHT * odds.clamp_max(0)
+                odds = torch.stack([log_probs[:, a].logsumexp(1) for a in agree]) - math.log(WORDS_FREE)  # (A, M)
+                scores = self.weight * shape + WORDS_WEIGHT * odds.clamp_max(0).sum(0)
             elif alone:
                 scores = self.weight * shape
             else:

@@ -395,7 +395,8 @@ def test_scene_foreground_keeps_a_pale_object_beside_a_bold_one_and_drops_a_shad
 def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
     """Two scenes hold a star and a heart in swapped colours: a star sketch with "red" finds the scene whose star
     is red, with "blue" the other; the score is shape + WORDS_WEIGHT x min(0, log(P(colour | object crop) /
-    WORDS_FREE)): the star of the asked colour pays nothing for the words, the other scene's best object does."""
+    WORDS_FREE)): the star of the asked colour pays nothing for the words, the other scene's best object does.
+    Words naming two attributes pay for each apart."""
     import duetgen
     from duetgen import verify
     from duetgen.verify import ANGLES, READ_TEMPERATURE, SceneVerifier, shape_frames, shape_similarity
@@ -433,6 +434,19 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
                 assert odds[star] >= 0 and abs(hit.score - float(shape[star])) < 1e-6
             else:  # its star is of the other colour: the words cost it
                 assert odds[star] < math.log(0.1)
+    # two attributes: each pays apart (the red star for not being striped only, the blue star for both)
+    top = verifier.rerank(hits, query, region, k=2, words="red with stripes")
+    assert top[0].path == paths["red_star"], [(h.path, h.score) for h in top]
+    for hit in top:
+        _, frames, embeds = verifier.objects(hit.path)
+        shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
+        logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
+        cost = sum(
+            (logp[:, torch.tensor(agree)].logsumexp(1) - math.log(verify.WORDS_FREE)).clamp_max(0)
+            for agree in ([a.colour == "red" for a in world.ALL_ATTRIBUTES],
+                          [a.pattern == "stripes" for a in world.ALL_ATTRIBUTES])
+        )  # fmt: skip
+        assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * cost).max())) < 1e-4
     alone = verifier.rerank(hits, query, region, k=2, words="")  # a sketch alone: shape only, both stars agree
     assert abs(alone[0].score - alone[1].score) < 0.05 and all(h.score == h.iou for h in alone)
     other = verifier.rerank(hits, query, region, k=2, words="fluffy")  # not world words: the crop cosine counts
