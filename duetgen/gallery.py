@@ -247,7 +247,7 @@ def _model_threads(encoder, paths: Sequence[str], num_workers: int, windows) -> 
     if free >= torch.get_num_threads():
         return None
 
-    def fastest(fn, repeats: int = 3) -> float:  # the minimum of a few runs: robust to other jobs on the machine
+    def fastest(fn, repeats: int = 2) -> float:  # the minimum of a few runs: robust to other jobs on the machine
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -259,7 +259,8 @@ def _model_threads(encoder, paths: Sequence[str], num_workers: int, windows) -> 
         t_decode = fastest(lambda: decode_image(paths[0], encoder.image_size, windows))
     except Exception:  # noqa: BLE001 - a bad first file is reported later, by the loader
         return None
-    probe = torch.zeros(8, 3, encoder.image_size, encoder.image_size, device=encoder.device, dtype=encoder.dtype)
+    # two images: the probe is work thrown away, and a large model (where it costs most) is never a close call
+    probe = torch.zeros(2, 3, encoder.image_size, encoder.image_size, device=encoder.device, dtype=encoder.dtype)
     with torch.inference_mode():
         encoder.encode_image(probe[:1])  # warm-up
         t_model = fastest(lambda: encoder.encode_image(probe)) / len(probe)

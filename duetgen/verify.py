@@ -189,7 +189,7 @@ CROP_MARGIN = 0.95  # an object's box fills this share of its crop (0.8: mAP 0.5
 SPLIT_HUE = 25.0  # degrees between the hues of two touching objects told apart (red and pink are 32 apart)
 SPLIT_SHARE = 0.15  # share of a component's coloured pixels a hue needs to count as an object of its own
 SPLIT_SATURATION, SPLIT_VALUE = 0.3, 0.2  # pixels with a reliable hue
-WORDS_WEIGHT = 0.3  # weight of the words' log-odds below WORDS_FREE (scene mAP with a colour word, seeds 0 / 1:
+WORDS_WEIGHT = 0.3  # weight of log(P(words) / WORDS_FREE) below 0 (scene mAP with a colour word, seeds 0 / 1:
 # 0.823 / 0.826 at 0.3, 0.823 / 0.828 at 0.1, 0.822 / 0.825 at 1; 0.799 / 0.795 for 0.03 x log P unclipped)
 WORDS_FREE = 0.5  # an object the words describe with at least this probability pays nothing for them
 READ_TEMPERATURE = 0.03  # softmax temperature of the zero-shot attribute reading of an object crop
@@ -585,8 +585,8 @@ class SceneVerifier:
                 log_probs = self._reads.get(h.path)
                 if log_probs is None:  # read once per scene, whatever the query's words
                     log_probs = self._reads[h.path] = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, dim=1)
-                odds = torch.stack([log_probs[:, a].logsumexp(1) for a in agree]) - math.log(WORDS_FREE)  # (A, M)
-                scores = self.weight * shape + WORDS_WEIGHT * odds.clamp_max(0).sum(0)
+                ratio = torch.stack([log_probs[:, a].logsumexp(1) for a in agree]) - math.log(WORDS_FREE)  # (A, M)
+                scores = self.weight * shape + WORDS_WEIGHT * ratio.clamp_max(0).sum(0)
             elif alone:
                 scores = self.weight * shape
             else:

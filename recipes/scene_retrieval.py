@@ -11,8 +11,8 @@
 4. Unless ``--no-verify``: ranks every scene by its best *object* (:class:`duetgen.SceneVerifier`): the objects are
    the connected parts of the scene's foreground silhouette, split by hue where objects of different colours touch;
    each scores ``--verify-weight`` x the correlation of its silhouette with the sketch's region at the best of 72
-   rotations, each in a frame free of position and size, plus (with words) 0.3 x the log-odds of the words' colour
-   read zero-shot from the object's crop, where they are less likely than not (``duetgen.verify.WORDS_FREE``).
+   rotations, each in a frame free of position and size, plus (with words) 0.3 x log(P / 0.5) of the words' colour
+   read zero-shot from the object's crop, where that is below 0 (``duetgen.verify.WORDS_FREE``).
 
     python recipes/scene_retrieval.py --scenes 300 --queries 150 --out scene_retrieval.json --sheet sheet.png
 

@@ -427,13 +427,13 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
             _, frames, embeds = verifier.objects(hit.path)
             shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
             logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
-            odds = logp[:, agree].logsumexp(1) - math.log(verify.WORDS_FREE)
-            assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * odds.clamp_max(0)).max())) < 1e-4
+            ratio = logp[:, agree].logsumexp(1) - math.log(verify.WORDS_FREE)
+            assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * ratio.clamp_max(0)).max())) < 1e-4
             star = int(shape.argmax())
             if hit is top[0]:  # its star is read as the asked colour (P >= WORDS_FREE): it pays nothing
-                assert odds[star] >= 0 and abs(hit.score - float(shape[star])) < 1e-6
+                assert ratio[star] >= 0 and abs(hit.score - float(shape[star])) < 1e-6
             else:  # its star is of the other colour: the words cost it
-                assert odds[star] < math.log(0.1)
+                assert ratio[star] < math.log(0.1)
     # two attributes: each pays apart (the red star for not being striped only, the blue star for both)
     top = verifier.rerank(hits, query, region, k=2, words="red with stripes")
     assert top[0].path == paths["red_star"], [(h.path, h.score) for h in top]
