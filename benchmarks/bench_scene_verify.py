@@ -47,6 +47,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if min(args.scenes, args.queries, args.repeats) < 1:
+        p.error("--scenes, --queries and --repeats must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder = duetgen.load_encoder(args.model).eval()

@@ -181,6 +181,16 @@ def _morph(mask: np.ndarray, size: int, op: str) -> np.ndarray:
     return np.asarray(img.filter(filt)) > 127
 
 
+def _open(mask: np.ndarray, size: int) -> np.ndarray:
+    """Opening (erode, then dilate) by a square of side ``size``: drops specks smaller than it."""
+    return _morph(_morph(mask, size, "erode"), size, "dilate")
+
+
+def _close(mask: np.ndarray, size: int) -> np.ndarray:
+    """Closing (dilate, then erode) by a square of side ``size``: bridges gaps narrower than it."""
+    return _morph(_morph(mask, size, "dilate"), size, "erode")
+
+
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
     hist, edges = np.histogram(values, bins=bins)
     p = hist / max(hist.sum(), 1)
@@ -201,8 +211,7 @@ def photo_silhouette(photo: Image.Image, work: int = 96) -> np.ndarray:
     """
     dist = background_distance(photo, work)
     mask = dist > max(_otsu(dist), 25.0)
-    mask = _morph(_morph(mask, 3, "erode"), 3, "dilate")
-    return fill_holes(_morph(_morph(mask, 5, "dilate"), 5, "erode"))
+    return fill_holes(_close(_open(mask, 3), 5))
 
 
 def background_distance(photo: Image.Image, work: int) -> np.ndarray:

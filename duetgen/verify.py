@@ -223,6 +223,8 @@ def shape_frames(masks: torch.Tensor | np.ndarray, angles: int = 1) -> torch.Ten
         float (B, angles, FRAME, FRAME) in [0, 1].
     """
     m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).float()
+    if m.ndim != 3:
+        raise DuetgenInputError(f"shape_frames needs masks (B, H, W) (one mask: mask[None]), got {tuple(m.shape)}")
     b, h, w = m.shape
     ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
     area = m.sum((1, 2)).clamp_min(1)  # (B,)
@@ -247,11 +249,12 @@ def shape_frames(masks: torch.Tensor | np.ndarray, angles: int = 1) -> torch.Ten
     grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], dim=-1).reshape(b, angles * FRAME, FRAME, 2)
     out = torch.nn.functional.grid_sample(m[:, None], grid, mode="bilinear", align_corners=False)
     out = out.reshape(b * angles, 1, FRAME, FRAME)
-    k = torch.arange(-4, 5, dtype=torch.float32)
+    r = max(1, math.ceil(2 * FRAME_BLUR))  # kernel radius: 2 sigma; outside the frame is empty (zero padding)
+    k = torch.arange(-r, r + 1, dtype=torch.float32)
     g = torch.exp(-(k**2) / (2 * FRAME_BLUR**2))
     g = g / g.sum()
-    out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, (4, 4, 4, 4)), g.view(1, 1, 1, 9))
-    out = torch.nn.functional.conv2d(out, g.view(1, 1, 9, 1))
+    out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, (r, r, r, r)), g.view(1, 1, 1, -1))
+    out = torch.nn.functional.conv2d(out, g.view(1, 1, -1, 1))
     return out.reshape(b, angles, FRAME, FRAME)
 
 
@@ -352,6 +355,18 @@ def colour_parts(component: np.ndarray, hue: np.ndarray, coloured: np.ndarray) -
     return parts or [component]
 
 
+def _as_photo(image):
+    """A PIL image as it is; a path or file bytes read by :func:`duetgen.sketch_input.read_photo` (anything else is
+    a one-line error naming what it accepts)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    from .sketch_input import read_photo
+
+    return read_photo(image)
+
+
 def scene_foreground(image, work: int = SCENE_WORK) -> np.ndarray:
     """The objects of a photo on a smooth background, however many and however faint: bool (work, work).
 
@@ -374,16 +389,17 @@ def scene_foreground(image, work: int = SCENE_WORK) -> np.ndarray:
     objects found with IoU >= 0.7 against their true masks rises from 0.817 (one Otsu threshold) to 0.928 (plain
     0.948, painting 0.934, pixel art 0.858, night 0.969).
     """
-    from .transfer import _morph, _otsu, background_distance, edge_strip, fill_holes
+    from .transfer import _close, _morph, _open, _otsu, background_distance, edge_strip, fill_holes
 
+    image = _as_photo(image)
     dist = background_distance(image, work)
     strip = edge_strip(work)
     noise = float(np.percentile(np.concatenate([dist[:, :strip].ravel(), dist[:, -strip:].ravel()]), 90))
     low_threshold = max(SCENE_FLOOR, SCENE_NOISE * noise)
     low = dist > low_threshold
     if noise <= SCENE_FLAT:  # a flat backdrop (pixel art) casts no glow or shadow: whatever differs is an object
-        return _morph(fill_holes(_morph(_morph(low, 5, "dilate"), 5, "erode")), SCENE_FLAT_ERODE, "erode")
-    low = _morph(_morph(low, 3, "erode"), 3, "dilate")  # a noisy backdrop: drop specks
+        return _morph(fill_holes(_close(low, 5)), SCENE_FLAT_ERODE, "erode")
+    low = _open(low, 3)  # a noisy backdrop: drop specks
     ring = 2 * SCENE_RING + 1
     kept = np.zeros_like(low)
     todo = [low]
@@ -404,7 +420,7 @@ def scene_foreground(image, work: int = SCENE_WORK) -> np.ndarray:
         if not rest:
             break
         todo = rest
-    return fill_holes(_morph(_morph(kept, 5, "dilate"), 5, "erode"))
+    return fill_holes(_close(kept, 5))
 
 
 def scene_objects(image, work: int = SCENE_WORK, split_colours: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -420,6 +436,7 @@ def scene_objects(image, work: int = SCENE_WORK, split_colours: bool = True) -> 
     """
     from PIL import Image
 
+    image = _as_photo(image)
     fg = scene_foreground(image, work=work)
     labels, n = label_components(fg)
     if split_colours:
@@ -450,7 +467,7 @@ def object_crops(
     With ``masks`` (bool (M, h, w), any side: :func:`scene_objects`' silhouettes), each crop shows only its own
     object: every pixel outside its silhouette takes the backdrop's colour (the median of the image's border), so a
     neighbour's colour does not leak into what the crop is read as (scene mAP with a colour word 0.791 -> 0.801)."""
-    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    x = torch.from_numpy(np.asarray(_as_photo(image).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
     h, w = x.shape[1:]
     if masks is not None:
         if np.ndim(masks) != 3 or len(masks) != len(boxes):

@@ -497,3 +497,28 @@ def test_object_crops_with_masks_show_only_their_own_object():
         object_crops(image, boxes, 64, 0.8, masks=masks[:1])
     assert torch.allclose(alone[:, 0, 0], torch.full((3,), 235 / 255), atol=1e-3)  # the backdrop's colour
     assert float(((alone[0] > 0.7) & (alone[1] < 0.3)).float().mean()) > 0.3  # the red object is still there
+
+
+def test_scene_functions_take_a_photo_file_and_name_bad_input(tmp_path):
+    """scene_objects / scene_foreground / object_crops read a path like the PIL image it names; anything that is not
+    a photo, and masks that are not (B, H, W), are one-line errors."""
+    from duetgen.verify import object_crops, scene_foreground, scene_objects, shape_frames
+
+    canvas = np.full((96, 96, 3), 235, np.uint8)
+    canvas[20:60, 30:70] = world.COLOURS["green"]
+    Image.fromarray(canvas).save(tmp_path / "scene.png")
+    boxes, masks = scene_objects(Image.fromarray(canvas))
+    from_file = scene_objects(str(tmp_path / "scene.png"))
+    assert len(boxes) == 1 and np.array_equal(boxes, from_file[0]) and np.array_equal(masks, from_file[1])
+    assert np.array_equal(scene_foreground(tmp_path / "scene.png"), scene_foreground(Image.fromarray(canvas)))
+    for bad, says in (
+        (canvas, "got ndarray"),
+        (str(tmp_path / "missing.png"), "does not exist"),
+        (b"text", "not an image"),
+    ):
+        with pytest.raises(DuetgenInputError, match=says):
+            scene_objects(bad)
+        with pytest.raises(DuetgenInputError, match=says):
+            object_crops(bad, boxes, 32)
+    with pytest.raises(DuetgenInputError, match=r"masks \(B, H, W\) \(one mask: mask\[None\]\)"):
+        shape_frames(masks[0])
