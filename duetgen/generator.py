@@ -40,12 +40,27 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from . import world
+
 logger = logging.getLogger(__name__)
 
 IMAGE_CHANNELS = 3
 SKETCH_CHANNELS = 1
 FILL_CHANNELS = 1
 FILL_CLOSE = 4  # px at 64 px: sketch gaps up to about twice this are closed before the flood fill
+# The canvas-frame patterns' plane waves (cycles per canvas side, (kx, ky)), chosen so that each pattern of
+# duetgen.world._pattern(frame="canvas") is a threshold of a weighted sum of their cosines: the stripes of the first
+# (cos > 0.25), the dots of the next two (the dot centres are where both are -1), and the checks of the last two
+# (sin(pi u / P) sin(pi v / P) = (cos(pi (u - v) / P) - cos(pi (u + v) / P)) / 2).
+_P = world.CANVAS_PATTERN_PERIOD
+PATTERN_WAVES: tuple[tuple[float, float], ...] = (
+    (1 / (1.3 * _P), 1 / (1.3 * _P)),
+    (1 / _P, 0.0),
+    (0.0, 1 / _P),
+    (1 / (2 * _P), -1 / (2 * _P)),
+    (1 / (2 * _P), 1 / (2 * _P)),
+)
+WAVE_CHANNELS = 2 * len(PATTERN_WAVES)  # a cosine and a sine per wave
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 # The default generator (the embedded model): ~4.2 M UNet parameters + ~0.07 M conditioner, ~8.5 MB in fp16.
@@ -161,6 +176,7 @@ def build_unet(
     attention_head_dim: int = 32,
     norm_num_groups: int = 8,
     sketch_fill: bool = True,
+    pattern_waves: bool = False,
 ) -> UNet2DConditionModel:
     """The pixel-space UNet of G: (B, 3 + 1 [+ 1], S, S) noisy image + sketch channel [+ enclosed region] -> (B, 3, S,
     S) prediction.
@@ -176,7 +192,10 @@ def build_unet(
         attention_head_dim: width of one attention head.
         norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
         sketch_fill: also take the region the sketch encloses (:func:`spatial_condition`).
+        pattern_waves: also take the canvas-frame pattern waves (:func:`pattern_waves`; needs ``sketch_fill``).
     """
+    if pattern_waves and not sketch_fill:
+        raise ValueError("pattern_waves=True needs sketch_fill=True (the channels come in that order)")
     n = len(block_out_channels)
     if not 0 <= attention_levels <= n:
         raise ValueError(f"attention_levels must be in [0, {n}], got {attention_levels}")
@@ -190,7 +209,10 @@ def build_unet(
     heads = tuple(max(1, c // attention_head_dim) for c in block_out_channels)
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=IMAGE_CHANNELS + SKETCH_CHANNELS + (FILL_CHANNELS if sketch_fill else 0),
+        in_channels=IMAGE_CHANNELS
+        + SKETCH_CHANNELS
+        + (FILL_CHANNELS if sketch_fill else 0)
+        + (WAVE_CHANNELS if pattern_waves else 0),
         out_channels=IMAGE_CHANNELS,
         down_block_types=down,
         up_block_types=up,
@@ -253,15 +275,68 @@ def sketch_fill(sketch: torch.Tensor, close: int = FILL_CLOSE, max_iter: int = 5
     return region * 2 - 1
 
 
+def pattern_waves(batch: int, size: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The canvas-frame pattern waves (B, 2K, S, S): ``cos`` and ``sin`` of ``2 pi (kx u + ky v)`` for each
+    (kx, ky) of :data:`PATTERN_WAVES`, at the pixel centres ``(u, v)`` in canvas units (as ``duetgen.world`` draws).
+
+    Why: in the world's photos a pattern's phase follows the object's centre and rotation, which a small UNet cannot
+    read off a freehand outline; trained on those it learnt which texture to draw but not where its stripes or dots
+    go, and at sampling time drew a maze. A UNet given these channels is trained on canvas-frame patterns
+    (``world.render_photo(pattern_frame="canvas")``), where each pixel's phase is a function of these channels.
+    """
+    c = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    v, u = torch.meshgrid(c, c, indexing="ij")  # (S, S): v down the rows, u along the columns
+    k = torch.tensor(PATTERN_WAVES, dtype=torch.float64)  # (K, 2)
+    phase = 2 * torch.pi * (k[:, 0, None, None] * u + k[:, 1, None, None] * v)  # (K, S, S)
+    waves = torch.cat([phase.cos(), phase.sin()]).to(device=device, dtype=dtype)  # (2K, S, S)
+    return waves.expand(batch, -1, -1, -1)
+
+
+SPATIAL_LAYOUTS = {  # UNet in_channels -> what follows the noisy image
+    IMAGE_CHANNELS + SKETCH_CHANNELS: "sketch",
+    IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS: "sketch + region",
+    IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS + WAVE_CHANNELS: "sketch + region + pattern waves",
+}
+
+
 def spatial_condition(sketch: torch.Tensor, in_channels: int) -> torch.Tensor:
     """The UNet's spatial input from a sketch channel (B, 1, S, S): the channel itself for a ``3 + 1`` UNet, the
-    channel and :func:`sketch_fill` for a ``3 + 2`` one."""
-    extra = in_channels - IMAGE_CHANNELS
-    if extra == SKETCH_CHANNELS:
+    channel and :func:`sketch_fill` for a ``3 + 2`` one, and :func:`pattern_waves` after them for a ``3 + 2 + 2K``
+    one."""
+    if in_channels not in SPATIAL_LAYOUTS:
+        raise ValueError(f"a DuetGen UNet takes {' or '.join(map(str, SPATIAL_LAYOUTS))} input channels, this one "
+                         f"takes {in_channels}")  # fmt: skip
+    if in_channels == IMAGE_CHANNELS + SKETCH_CHANNELS:
         return sketch
-    if extra == SKETCH_CHANNELS + FILL_CHANNELS:
-        return torch.cat([sketch, sketch_fill(sketch.float()).to(sketch.dtype)], dim=1)
-    raise ValueError(f"a DuetGen UNet takes 4 or 5 input channels, this one takes {in_channels}")
+    parts = [sketch, sketch_fill(sketch.float()).to(sketch.dtype)]
+    if in_channels > IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS:
+        b, _, h, w = sketch.shape
+        if h != w:
+            raise ValueError(f"pattern waves need a square sketch channel, got {h} x {w}")
+        parts.append(pattern_waves(b, h, sketch.device, sketch.dtype))
+    return torch.cat(parts, dim=1)
+
+
+def has_pattern_waves(unet: UNet2DConditionModel) -> bool:
+    """Whether the UNet takes :func:`pattern_waves` (and so was trained on canvas-frame patterns)."""
+    return unet.config.in_channels == IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS + WAVE_CHANNELS
+
+
+def add_pattern_waves(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A copy of a ``3 + 2`` channel UNet that also takes :func:`pattern_waves`, its new input weights zero: it
+    computes exactly what ``unet`` did until fine-tuning teaches it to use them."""
+    old = unet.config.in_channels
+    if old != IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS:
+        raise ValueError(f"pattern waves go after a sketch and its region (5 input channels); this UNet takes {old}")
+    wide = UNet2DConditionModel.from_config({**unet.config, "in_channels": old + WAVE_CHANNELS})
+    state = unet.state_dict()
+    w = state["conv_in.weight"]  # (C, old, k, k)
+    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], WAVE_CHANNELS, *w.shape[2:])], dim=1)
+    wide = wide.to(unet.device)
+    if unet.dtype != wide.dtype:
+        wide.to(dtype=unet.dtype)
+    wide.load_state_dict(state)
+    return wide
 
 
 def blank_sketch(batch: int, size: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -333,8 +408,8 @@ def rec_loss(
         target = images
     else:
         target = noise
-    spatial = spatial_condition(sketch.to(noisy.dtype), unet.config.in_channels)  # (B, 1 or 2, S, S)
-    model_in = torch.cat([noisy, spatial], dim=1)  # (B, 4 or 5, S, S)
+    spatial = spatial_condition(sketch.to(noisy.dtype), unet.config.in_channels)  # (B, 1, 2 or 2 + 2K, S, S)
+    model_in = torch.cat([noisy, spatial], dim=1)  # (B, in_channels, S, S)
     pred = unet(model_in, t, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels).sample
     if not snr_gamma:
         return F.mse_loss(pred.float(), target.float())

@@ -495,6 +495,13 @@ def caption(
 
 SUPERSAMPLE = 4
 PIXEL_GRID = 24  # pixel art is drawn on a grid of this many cells per canvas side (per 64 px for scenes)
+# Patterns lie in the object's own frame (centred on it, turned with it, repeating at a period that grows with its
+# scale), or with ``pattern_frame="canvas"`` in the canvas frame: anchored at the canvas's top-left corner, never
+# turned, at this fixed period (canvas units; the object frame's period at scale 0.5). The generator trains on the
+# canvas frame: there a pattern's phase is a function of the pixel's position, which it is given, instead of the
+# object's centre and rotation, which it would have to read off a freehand outline (see duetgen.generator).
+CANVAS_PATTERN_PERIOD = 0.095
+PATTERN_FRAMES = ("object", "canvas")
 _PHOTO_STREAM, _SKETCH_STREAM, _SCENE_STREAM = 0x50484F, 0x534B54, 0x53434E  # keep photo/sketch noise independent
 
 
@@ -531,15 +538,18 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int | tuple[int, i
     return out[0] if channels == 1 else np.stack(out, -1)
 
 
-def _pattern(instance: Instance, pattern: str, size: int, hard: bool) -> np.ndarray:
-    """Coverage (size, size) of the pattern's second tone, in the object's own (rotated) frame."""
+def _pattern(instance: Instance, pattern: str, size: int, hard: bool, frame: str = "object") -> np.ndarray:
+    """Coverage (size, size) of the pattern's second tone, in the object's own (rotated) frame or the canvas's."""
     if pattern == "solid":
         return np.zeros((size, size), np.float32)
     u, v = _grid(size)
-    c, s = math.cos(instance.rotation), math.sin(instance.rotation)
-    du, dv = u - instance.cx, v - instance.cy
-    lx, ly = c * du + s * dv, -s * du + c * dv  # object frame, upright
-    period = 0.045 + 0.1 * instance.scale  # canvas units, a few repeats across any object
+    if frame == "canvas":
+        lx, ly, period = u, v, CANVAS_PATTERN_PERIOD
+    else:
+        c, s = math.cos(instance.rotation), math.sin(instance.rotation)
+        du, dv = u - instance.cx, v - instance.cy
+        lx, ly = c * du + s * dv, -s * du + c * dv  # object frame, upright
+        period = 0.045 + 0.1 * instance.scale  # canvas units, a few repeats across any object
     if hard:  # pixel art: at least 4 cells per repeat, or the pattern turns to noise
         period = max(period, 4.0 / size)
     px = period * size  # period in pixels: sets the antialiasing slope
@@ -558,13 +568,15 @@ def _pattern(instance: Instance, pattern: str, size: int, hard: bool) -> np.ndar
     return np.clip(cov + 0.5, 0.0, 1.0)
 
 
-def _fill(instance: Instance, attrs: Attributes, size: int, rng: np.random.Generator, hard: bool) -> np.ndarray:
+def _fill(
+    instance: Instance, attrs: Attributes, size: int, rng: np.random.Generator, hard: bool, frame: str = "object"
+) -> np.ndarray:
     """The object's colour field (size, size, 3): fill colour, pattern in a second tone, slight colour jitter."""
     base = np.asarray(COLOURS[attrs.colour], np.float32)
     base = np.clip(base + rng.normal(0, 6, 3), 0, 255) if not hard else base
     tone = base * 0.3 + 175 if attrs.colour in _TONE_WHITE else base * 0.55  # light tint / dark shade
     strength = {"solid": 0.0, "stripes": 0.9, "dots": 0.95, "checks": 0.7}[attrs.pattern]
-    cov = _pattern(instance, attrs.pattern, size, hard)[..., None] * strength
+    cov = _pattern(instance, attrs.pattern, size, hard, frame)[..., None] * strength
     return base * (1 - cov) + tone * cov
 
 
@@ -595,7 +607,12 @@ def _background(domain: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _paint(
-    objects: Sequence[tuple[Instance, Attributes]], domain: str, size: int, rng: np.random.Generator, grid: int
+    objects: Sequence[tuple[Instance, Attributes]],
+    domain: str,
+    size: int,
+    rng: np.random.Generator,
+    grid: int,
+    frame: str = "object",
 ) -> np.ndarray:
     """Draw objects (back to front) with their attributes on one background of `domain`. Returns uint8 HxWx3."""
     if domain == "pixel art":  # draw on a coarse grid with hard edges and flat colours; then upsample
@@ -603,7 +620,7 @@ def _paint(
         img = _background(domain, low, rng)
         for inst, attrs in objects:
             m = _mask(inst.outline(), low, supersample=2) > 0.45
-            img[m] = _fill(inst, attrs, low, rng, hard=True)[m]
+            img[m] = _fill(inst, attrs, low, rng, hard=True, frame=frame)[m]
         img = (np.round(img / 32) * 32).clip(0, 255)  # posterise
         out = Image.fromarray(img.astype(np.uint8)).resize((size, size), Image.NEAREST)
         return np.array(out)  # a writable copy
@@ -615,7 +632,7 @@ def _paint(
         if domain == "painting":  # brushy, uneven edges: wobble the outline before filling
             poly = poly + _wobble(poly, rng, amp=0.006, wavelength=(0.08, 0.2))
         alpha = _mask(poly, size)
-        fill = _fill(inst, attrs, size, rng, hard=False)
+        fill = _fill(inst, attrs, size, rng, hard=False, frame=frame)
         # Soft light from a random side of the top, so the object reads as a solid thing.
         t = rng.uniform(-2.4, -0.7)
         light = 1.0 + 0.22 * ((u - inst.cx) * math.cos(t) + (v - inst.cy) * math.sin(t)) / inst.scale
@@ -646,7 +663,9 @@ def _check_size(size: int) -> None:
         raise DuetgenInputError(f"size={size!r} must be an integer >= 16 (pixels)")
 
 
-def render_photo(instance: Instance, attrs: Attributes, size: int = 64, seed: int = 0) -> np.ndarray:
+def render_photo(
+    instance: Instance, attrs: Attributes, size: int = 64, seed: int = 0, pattern_frame: str = "object"
+) -> np.ndarray:
     """Render the object with its colour, pattern and domain.
 
     Args:
@@ -654,13 +673,17 @@ def render_photo(instance: Instance, attrs: Attributes, size: int = 64, seed: in
         attrs: colour, pattern, domain.
         size: output side in pixels.
         seed: seeds the per-render variation (noise, lighting, backdrop tint); geometry and attributes are fixed.
+        pattern_frame: "object" (the world's photos: the pattern turns and scales with the object) or "canvas"
+            (the generator's training photos: :data:`CANVAS_PATTERN_PERIOD`, anchored at the canvas corner).
 
     Returns:
         uint8 array (size, size, 3).
     """
     _check_size(size)
+    if pattern_frame not in PATTERN_FRAMES:
+        raise DuetgenInputError(f"pattern_frame must be one of {PATTERN_FRAMES}, got {pattern_frame!r}")
     rng = np.random.default_rng([seed, _PHOTO_STREAM])
-    return _paint([(instance, attrs)], attrs.domain, size, rng, PIXEL_GRID)
+    return _paint([(instance, attrs)], attrs.domain, size, rng, PIXEL_GRID, pattern_frame)
 
 
 # -----------------------------------------------------------------------------

@@ -40,6 +40,8 @@ class WorldGroups:
         records: per group, ``{"instances": [inst0, inst1], "attrs": [attrs0, attrs1]}`` as plain dicts.
         pool: the shape categories the set was drawn from (all of :data:`duetgen.world.SHAPES` unless a zero-shot
             split held some out); :func:`load_or_build` reuses a cache only for the same pool.
+        pattern_frame: the photos' pattern frame (:func:`duetgen.world.render_photo`): "object" (the world's
+            photos) or "canvas" (the generator's training targets); a cache serves only runs of the same frame.
     """
 
     photos: np.ndarray
@@ -47,6 +49,7 @@ class WorldGroups:
     shapes: np.ndarray
     records: list[dict]
     pool: tuple[str, ...] = world.SHAPES
+    pattern_frame: str = "object"
 
     def __len__(self) -> int:
         return self.photos.shape[0]
@@ -75,7 +78,8 @@ class WorldGroups:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         pool = np.asarray([world.SHAPES.index(x) for x in self.pool], dtype=np.int64)
-        np.savez(tmp, photos=self.photos, sketches=self.sketches, shapes=self.shapes, pool=pool)
+        frame = np.int64(world.PATTERN_FRAMES.index(self.pattern_frame))
+        np.savez(tmp, photos=self.photos, sketches=self.sketches, shapes=self.shapes, pool=pool, pattern_frame=frame)
         meta_tmp = path.with_suffix(".json.tmp")
         meta_tmp.write_text(json.dumps(self.records))
         os.replace(meta_tmp, path.with_suffix(".json"))
@@ -99,6 +103,7 @@ class WorldGroups:
             with np.load(path, allow_pickle=False) as data:
                 photos, sketches, shapes = data["photos"], data["sketches"], data["shapes"]
                 pool_idx = data["pool"] if "pool" in data.files else np.arange(len(world.SHAPES))  # older caches
+                frame_idx = data["pattern_frame"] if "pattern_frame" in data.files else np.int64(0)  # older caches
         except FileNotFoundError:
             raise DuetgenInputError(f"world cache '{path}' does not exist; build it with load_or_build") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -118,6 +123,9 @@ class WorldGroups:
             or not 0 < len(pool_idx) <= len(world.SHAPES)
             or len(set(pool_idx.tolist())) != len(pool_idx)
             or not all(0 <= v < len(world.SHAPES) for v in pool_idx.tolist())
+            or frame_idx.shape != ()
+            or frame_idx.dtype.kind not in "iu"
+            or not 0 <= int(frame_idx) < len(world.PATTERN_FRAMES)
         ):
             raise damaged(path, "its arrays do not have the shapes of a set of twin groups")
         pool = tuple(world.SHAPES[int(v)] for v in pool_idx)
@@ -139,7 +147,8 @@ class WorldGroups:
                 problem = "an instance's shape is outside the cache's shape pool"
             if problem:
                 raise damaged(side, f"group {i}: {problem}")
-        return cls(photos=photos, sketches=sketches, shapes=shapes, records=records, pool=pool)
+        frame = world.PATTERN_FRAMES[int(frame_idx)]
+        return cls(photos=photos, sketches=sketches, shapes=shapes, records=records, pool=pool, pattern_frame=frame)
 
 
 MAX_RECORD_BYTES = 16 * 1024  # a group record is a few hundred bytes of JSON
@@ -228,6 +237,7 @@ def build_world_groups(
     size: int = 64,
     shapes: tuple[str, ...] | None = None,
     progress: bool = True,
+    pattern_frame: str = "object",
 ) -> WorldGroups:
     """Renders ``n_groups`` twin groups, deterministic from ``seed``.
 
@@ -237,6 +247,8 @@ def build_world_groups(
         size: image side in pixels.
         shapes: restrict instances to these shape categories (zero-shot splits).
         progress: show a tqdm bar.
+        pattern_frame: the photos' pattern frame (:func:`duetgen.world.render_photo`); the same seed gives the
+            same instances, attributes, sketches and render noise in either frame.
     """
     photos = np.zeros((n_groups, 2, 2, size, size, 3), dtype=np.uint8)
     sketches = np.zeros((n_groups, 2, size, size), dtype=np.uint8)
@@ -263,13 +275,17 @@ def build_world_groups(
             shape_idx[g, i] = world.SHAPES.index(inst.shape)
             sketches[g, i] = world.render_sketch(inst, size=size, seed=int(rng.integers(2**31)))
             for j, att in enumerate(attrs):
-                photos[g, i, j] = world.render_photo(inst, att, size=size, seed=int(rng.integers(2**31)))
+                photos[g, i, j] = world.render_photo(
+                    inst, att, size=size, seed=int(rng.integers(2**31)), pattern_frame=pattern_frame
+                )
         records.append({"instances": [_as_dict(x) for x in insts], "attrs": [_as_dict(a) for a in attrs]})
-    return WorldGroups(photos=photos, sketches=sketches, shapes=shape_idx, records=records, pool=pool)
+    return WorldGroups(photos, sketches, shape_idx, records, pool, pattern_frame)
 
 
-def load_or_build(path: str | os.PathLike, n_groups: int, seed: int, size: int = 64, shapes=None) -> WorldGroups:
-    """Loads a cached set if it matches (n_groups, size, shape pool), else renders and caches it.
+def load_or_build(
+    path: str | os.PathLike, n_groups: int, seed: int, size: int = 64, shapes=None, pattern_frame: str = "object"
+) -> WorldGroups:
+    """Loads a cached set if it matches (n_groups, size, shape pool, pattern frame), else renders and caches it.
 
     The shape pool matters for zero-shot runs: a cache of all shapes must never serve a run that holds some out.
     """
@@ -283,11 +299,16 @@ def load_or_build(path: str | os.PathLike, n_groups: int, seed: int, size: int =
         except DuetgenInputError as err:
             logger.warning("%s; rebuilding it", err)
         else:
-            if len(groups) == n_groups and groups.size == size and set(groups.pool) == set(pool):
+            if (
+                len(groups) == n_groups
+                and groups.size == size
+                and set(groups.pool) == set(pool)
+                and groups.pattern_frame == pattern_frame
+            ):
                 return groups
-            logger.info("cache %s does not match (n=%d, size=%d, %d shapes); rebuilding", path, n_groups, size,
-                        len(pool))  # fmt: skip
-    groups = build_world_groups(n_groups, seed, size, shapes)
+            logger.info("cache %s does not match (n=%d, size=%d, %d shapes, %s frame); rebuilding", path, n_groups,
+                        size, len(pool), pattern_frame)  # fmt: skip
+    groups = build_world_groups(n_groups, seed, size, shapes, pattern_frame=pattern_frame)
     groups.save(path)
     return groups
 

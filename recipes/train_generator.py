@@ -46,7 +46,15 @@ from duetgen import world
 from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.errors import run_script
-from duetgen.generator import blank_sketch, count_parameters, drop_conditions, rec_loss, sketch_channel
+from duetgen.generator import (
+    add_pattern_waves,
+    blank_sketch,
+    count_parameters,
+    drop_conditions,
+    has_pattern_waves,
+    rec_loss,
+    sketch_channel,
+)
 from duetgen.pipelines import DuetGenPipeline
 
 
@@ -75,6 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=12000, help="world twin groups (the stage-2 cache is reused)")
     p.add_argument("--cache", default="runs/cache/world_train_64.npz")
     p.add_argument("--world-seed", type=int, default=1000, help="seed of the rendered world (stage 2 uses 1000)")
+    p.add_argument(
+        "--pattern-frame",
+        default="object",
+        choices=world.PATTERN_FRAMES,
+        help="object: train on the world's photos as they are. canvas: on the same photos with their patterns laid\n"
+        "in the canvas frame, and give the UNet the pattern waves (duetgen.generator.pattern_waves; an --init\n"
+        "pipeline without them gets them, zero-initialised). Needs its own --cache file (the cache records its frame)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction", "sample"))
     p.add_argument(
@@ -146,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "p_drop_both"):  # fmt: skip
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(args, name)}")
+    if args.pattern_frame == "canvas" and args.no_sketch_fill and not args.init:
+        p.error("--pattern-frame canvas needs the sketch region channel: drop --no-sketch-fill")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         p.error("--mixed-precision fp16 needs a GPU; use bf16 (or no) on a CPU")
     if args.init:
@@ -241,7 +259,7 @@ def main(argv=None) -> None:
     if acc.is_main_process:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
 
-    groups = wd.load_or_build(args.cache, args.groups, seed=args.world_seed, size=64)
+    groups = wd.load_or_build(args.cache, args.groups, seed=args.world_seed, size=64, pattern_frame=args.pattern_frame)
     if args.init:
         from duetgen.pipelines import load_pipeline
 
@@ -269,9 +287,16 @@ def main(argv=None) -> None:
             attention_levels=args.attention_levels,
             layers_per_block=args.layers_per_block,
             sketch_fill=not args.no_sketch_fill,
+            pattern_waves=args.pattern_frame == "canvas",
             norm_num_groups=math.gcd(8, *channels),
             query_states=args.query_states,
         )
+    elif args.pattern_frame == "canvas" and not has_pattern_waves(pipe.unet):
+        try:
+            pipe.unet = add_pattern_waves(pipe.unet).requires_grad_(True)
+        except ValueError as err:
+            raise SystemExit(f"--init {args.init} with --pattern-frame canvas: {err}") from None
+        acc.print("--init: the UNet now also takes the pattern waves (zero-initialised input weights)")
     unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler
     use_states = conditioner.uses_states
     acc.print(f"generator: {count_parameters(unet, conditioner) / 1e6:.2f} M parameters; {len(groups)} world groups")

@@ -349,11 +349,61 @@ def test_sketch_fill_encloses_the_drawn_region_and_feeds_the_unet():
         ious.append((region & mask).sum() / (region | mask).sum())
     assert np.median(ious) > 0.6, ious
     assert spatial_condition(ring, 4) is ring and torch.equal(spatial_condition(ring, 5)[:, 1:], fill)
-    with pytest.raises(ValueError, match="4 or 5 input channels"):
+    with pytest.raises(ValueError, match="takes 4 or 5 or 15 input channels, this one takes 6"):
         spatial_condition(ring, 6)
     assert build_unet(16, sample_size=32, block_out_channels=(8, 16), attention_levels=1, norm_num_groups=4,
                       cross_attention_dim=16).config.in_channels == 5  # fmt: skip
     assert make_tiny_pipeline().unet.config.in_channels == 5
+
+
+def test_pattern_waves_are_the_canvas_patterns_phase():
+    """The UNet's wave channels are the phase the world's canvas-frame patterns are drawn at, so a pattern is a
+    fixed function of them: the checks are the sign of the product of two of its sines."""
+    from duetgen import world
+    from duetgen.generator import PATTERN_WAVES, pattern_waves
+
+    inst = world.sample_instance(np.random.default_rng(0))
+    waves = pattern_waves(2, 64)
+    assert waves.shape == (2, 2 * len(PATTERN_WAVES), 64, 64) and torch.equal(waves[0], waves[1])
+    k = len(PATTERN_WAVES)
+    cos = waves[0, :k].numpy()
+    stripes = world._pattern(inst, "stripes", 64, hard=True, frame="canvas") > 0
+    assert np.array_equal(stripes, cos[0] > 0.25)  # the diagonal wave's cosine above 0.25
+    checks = world._pattern(inst, "checks", 64, hard=True, frame="canvas") > 0
+    assert np.array_equal(checks, cos[3] - cos[4] > 0)  # a difference of the two diagonal half-frequency waves
+    dots = world._pattern(inst, "dots", 64, hard=False, frame="canvas")  # coverage: dots centred where both are -1
+    assert dots[cos[1] + cos[2] < -1.6].min() > 0.9 and dots[cos[1] + cos[2] > 0].max() < 0.1
+    assert ((waves[0, :k] ** 2 + waves[0, k:] ** 2) - 1).abs().max() < 1e-5  # cosine and sine of one phase
+
+
+def test_adding_pattern_waves_keeps_the_unet_then_feeds_it(tmp_path):
+    """add_pattern_waves: a 15-channel UNet that computes what the 5-channel one did (zero input weights) until
+    trained; its pipeline saves, loads and runs, and the waves reach the UNet."""
+    from duetgen.generator import add_pattern_waves, has_pattern_waves, pattern_waves, spatial_condition
+
+    pipe = make_tiny_pipeline()
+    wide = add_pattern_waves(pipe.unet)
+    assert wide.config.in_channels == 15 and has_pattern_waves(wide) and not has_pattern_waves(pipe.unet)
+    sk = sketch()[None, :1] * 2 - 1
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+    tokens, labels = pipe.conditioner(pipe.encoder.encode_query(sketch()[None], ["red"]))
+    with torch.no_grad():
+        before = pipe.unet(torch.cat([x, spatial_condition(sk, 5)], 1), t, tokens, class_labels=labels).sample
+        after = wide(torch.cat([x, spatial_condition(sk, 15)], 1), t, tokens, class_labels=labels).sample
+    assert torch.allclose(before, after, atol=1e-6)
+    assert torch.equal(spatial_condition(sk, 15)[:, 2:], pattern_waves(1, 32))
+    with pytest.raises(ValueError, match="this UNet takes 15"):
+        add_pattern_waves(wide)
+    with torch.no_grad():
+        wide.conv_in.weight[:, 5:] = 0.5  # once trained, the waves change the image
+    pipe.unet = wide
+    pipe.save_pretrained(tmp_path / "p")
+    back = load_pipeline(tmp_path / "p")
+    back.set_progress_bar_config(disable=True)
+    assert back.unet.config.in_channels == 15
+    with_waves = run(back, sketch=sketch(), text="red").images
+    back.unet.conv_in.weight.data[:, 5:] = 0
+    assert not torch.allclose(with_waves, run(back, sketch=sketch(), text="red").images, atol=1e-3)
 
 
 def test_outline_only_pipelines_still_load_and_run(tmp_path):

@@ -84,11 +84,27 @@ def test_two_steps_then_resume(recipe, encoder_dir, tmp_path):
     ft = tmp_path / "ft"
     recipe.main(["--init", str(out / "pipeline"), "--out", str(ft), "--cache", str(tmp_path / "groups.npz"),
                  "--steps", "1", "--ema-decay", "0", "--lr", "0.01", "--block-out-channels", "32,64",
-                 *TINY[:2]])  # fmt: skip
+                 *TINY[:4]])  # fmt: skip
     start, tuned = load_pipeline(out / "pipeline"), load_pipeline(ft / "pipeline")
     assert list(tuned.unet.config.block_out_channels) == list(start.unet.config.block_out_channels) == [8, 16]
     w0, w1 = start.unet.conv_in.weight, tuned.unet.conv_in.weight
     assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 0.1  # one step from the start, not a fresh init
+
+    # --pattern-frame canvas: the same world with canvas-frame patterns, and the UNet given the pattern waves
+    cv = tmp_path / "cv"
+    recipe.main(["--init", str(out / "pipeline"), "--out", str(cv), "--cache", str(tmp_path / "canvas.npz"),
+                 "--pattern-frame", "canvas", "--steps", "1", "--ema-decay", "0", *TINY[:4]])  # fmt: skip
+    waved = load_pipeline(cv / "pipeline")
+    assert waved.unet.config.in_channels == 15
+    w2 = waved.unet.conv_in.weight
+    assert (w2[:, :5] - w0).abs().max() < 0.1 and 0 < w2[:, 5:].abs().max() < 0.1  # widened, then one step
+    from duetgen import world_dataset as wd
+
+    obj, canvas = wd.WorldGroups.load(tmp_path / "groups.npz"), wd.WorldGroups.load(tmp_path / "canvas.npz")
+    assert (obj.pattern_frame, canvas.pattern_frame) == ("object", "canvas")
+    assert obj.records == canvas.records and np.array_equal(obj.sketches, canvas.sketches)
+    patterned = [(g, j) for g in range(len(obj)) for j in range(2) if obj.records[g]["attrs"][j]["pattern"] != "solid"]
+    assert patterned and all(not np.array_equal(obj.photos[g, :, j], canvas.photos[g, :, j]) for g, j in patterned)
 
 
 def test_yaml_config_and_encoder_grad(recipe, encoder_dir, tmp_path):
@@ -161,6 +177,8 @@ def test_bad_config_key(recipe, tmp_path):
         (["--init", "{tmp}"], "is not a pipeline folder"),
         (["--p-photo-query", "1.5"], "--p-photo-query must be a probability"),
         (["--p-drop-states", "-0.1"], "--p-drop-states must be a probability"),
+        (["--pattern-frame", "canvas", "--no-sketch-fill"], "--pattern-frame canvas needs the sketch region"),
+        (["--pattern-frame", "tilted"], "invalid choice: 'tilted'"),
         pytest.param(
             ["--mixed-precision", "fp16"],
             "needs a GPU",

@@ -90,6 +90,30 @@ def test_cache_is_rebuilt_for_another_shape_pool(tmp_path):
     assert wd.WorldGroups.load(path).pool == ("star", "heart")
 
 
+def test_cache_is_rebuilt_for_another_pattern_frame(tmp_path):
+    """A cache of object-frame photos never serves a canvas-frame run (the generator's targets), nor the reverse;
+    an older cache without the field reads as object frame, and a bad value is named."""
+    import numpy as np
+
+    from duetgen import world_dataset as wd
+
+    path = tmp_path / "c.npz"
+    obj = wd.load_or_build(path, 4, seed=0, size=16)
+    canvas = wd.load_or_build(path, 4, seed=0, size=16, pattern_frame="canvas")
+    assert (obj.pattern_frame, canvas.pattern_frame) == ("object", "canvas")
+    assert wd.WorldGroups.load(path).pattern_frame == "canvas"
+    assert canvas.records == obj.records and np.array_equal(canvas.sketches, obj.sketches)
+    patterned = obj.records[0]["attrs"][0]["pattern"] != "solid"
+    assert np.array_equal(canvas.photos[0, 0, 0], obj.photos[0, 0, 0]) != patterned
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "pattern_frame"})  # written before the field existed
+    assert wd.WorldGroups.load(path).pattern_frame == "object"
+    np.savez(path, **{**arrays, "pattern_frame": np.int64(7)})
+    with pytest.raises(wd.DuetgenInputError, match="is damaged"):
+        wd.WorldGroups.load(path)
+
+
 def _stage1_recipe():
     import importlib.util
 

@@ -234,3 +234,28 @@ def test_speed():
     for k, (inst, attrs) in enumerate(items):
         world.render_pair(inst, attrs, 64, seed=k)
     assert time.perf_counter() - t < 5.0
+
+
+def test_canvas_pattern_frame_is_fixed_to_the_canvas():
+    """pattern_frame="canvas": the pattern does not move, turn or rescale with the object (the generator's targets);
+    in the object frame it does. Everything else about the photo is the same render."""
+    a = world.Instance("star", 0.4, 0.5, 0.6, 0.3, (0.5, 0.5))
+    b = world.Instance("house", 0.6, 0.45, 0.35, 1.2, (0.5, 0.5))
+    for pattern in ("stripes", "dots", "checks"):
+        ca, cb = (world._pattern(x, pattern, 64, hard=False, frame="canvas") for x in (a, b))
+        oa, ob = (world._pattern(x, pattern, 64, hard=False) for x in (a, b))
+        assert np.array_equal(ca, cb) and not np.allclose(oa, ob, atol=0.1)
+        assert 0.2 < ca.mean() < 0.8  # a pattern, not a flat tone
+    # the canvas checks are the sign of the product of two sines of period 2 x CANVAS_PATTERN_PERIOD
+    u, v = world._grid(64)
+    p = world.CANVAS_PATTERN_PERIOD
+    hard = world._pattern(a, "checks", 64, hard=True, frame="canvas")
+    assert np.array_equal(hard > 0, np.sin(np.pi * u / p) * np.sin(np.pi * v / p) > 0)
+    # a solid photo is the same in either frame; a patterned one differs only inside the object
+    solid, dotted = world.Attributes("red", "solid", "plain"), world.Attributes("red", "dots", "plain")
+    assert np.array_equal(world.render_photo(a, solid, 64, 3), world.render_photo(a, solid, 64, 3, "canvas"))
+    diff = np.abs(world.render_photo(a, dotted, 64, 3).astype(int) - world.render_photo(a, dotted, 64, 3, "canvas"))
+    inside = world._mask(a.outline(), 64) > 0.99
+    assert diff[inside].max() > 50 and diff[~world._mask(a.outline(), 64).astype(bool)].max() == 0
+    with pytest.raises(DuetgenInputError, match="pattern_frame must be one of"):
+        world.render_photo(a, dotted, 64, 3, "rotated")

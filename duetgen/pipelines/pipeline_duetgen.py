@@ -35,9 +35,8 @@ from ..checkpoints import PICKLE_SUFFIXES
 from ..composed_query_encoder import ComposedQueryEncoder
 from ..errors import CheckpointError, DuetgenInputError
 from ..generator import (
-    FILL_CHANNELS,
     IMAGE_CHANNELS,
-    SKETCH_CHANNELS,
+    SPATIAL_LAYOUTS,
     QueryConditioner,
     blank_sketch,
     build_scheduler,
@@ -677,7 +676,7 @@ class DuetGenPipeline(DiffusionPipeline):
             query_rep, sketch_in, do_cfg, states_rep, sketch_branch
         )
         n_uncond = hidden_states.shape[0] - n_images  # rows before the conditional ones: 0, N or 2N
-        sketch_in = spatial_condition(sketch_in, self.unet.config.in_channels)  # (M, 1 or 2, S, S), once
+        sketch_in = spatial_condition(sketch_in, self.unet.config.in_channels)  # (M, in_channels - 3, S, S), once
         # A reduced-precision UNet (e.g. ``pipe.unet.to(torch.bfloat16)``) gets its inputs in its dtype; the latents
         # and the scheduler's arithmetic stay in float32.
         unet_dtype = self.unet.dtype
@@ -1019,10 +1018,7 @@ def load_pipeline(
     finally:
         if bar_was_on:
             diffusers_logging.enable_progress_bar()
-    if not isinstance(pipe.unet, UNet2DConditionModel) or pipe.unet.config.in_channels not in (
-        IMAGE_CHANNELS + SKETCH_CHANNELS,
-        IMAGE_CHANNELS + SKETCH_CHANNELS + FILL_CHANNELS,
-    ):
+    if not isinstance(pipe.unet, UNet2DConditionModel) or pipe.unet.config.in_channels not in SPATIAL_LAYOUTS:
         raise CheckpointError(f"'{path}' is not a DuetGenPipeline (its UNet does not take image + sketch channels)")
     unet_dtype = resolve_unet_dtype(unet_dtype, device) if isinstance(unet_dtype, str) else unet_dtype
     if unet_dtype is not None and unet_dtype != pipe.unet.dtype:
