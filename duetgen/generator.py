@@ -18,7 +18,13 @@ loss; the same trained G is the generator users call." This file holds the piece
       pixel, and (``sketch_fill=True``, the default) so is the region the outline encloses (:func:`sketch_fill`:
       gaps closed, flood-filled from the border): ``in_channels = 3 + 2``. A small UNet learns late which side of an
       outline is inside; given the region it paints the object from the first steps (pipelines of ``3 + 1``
-      channels, without the region, still load and run).
+      channels, without the region, still load and run);
+    - spatial, by the canvas (``pattern_waves=True``, the embedded generator): ten more channels, the cosines and
+      sines of the plane waves the world's canvas-frame patterns are drawn from (:func:`pattern_waves`):
+      ``in_channels = 3 + 2 + 10``. Such a UNet is trained on photos whose patterns lie in the canvas frame
+      (``world.render_photo(pattern_frame="canvas")``), so where a stripe or a dot goes is a function of its input;
+      trained on the world's object-frame patterns, whose phase follows the object's centre and rotation, the
+      UNet learnt which texture a word asks for but drew it as a maze.
 * Classifier-free guidance: a learned null query (``QueryConditioner.null_query``, shape (D,)) and a blank (white)
   sketch channel stand for "no condition". Training drops the query, the sketch channel or both
   (:func:`drop_conditions`); sampling guides from (null query, blank sketch) towards the full condition.

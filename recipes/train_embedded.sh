@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
 # duetgen/embedded/pipeline. The encoder (stages 1 and 2) takes about 45 minutes on 2 idle CPU cores, the generator
-# (stage 3) about 80 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
+# (stage 3) about 120 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
 # Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR]
 set -euo pipefail
@@ -24,6 +24,11 @@ python recipes/train_generator.py --encoder "$RUN/stage2/encoder" --out "$RUN/ge
 python recipes/train_generator.py --init "$RUN/generator/pipeline" --out "$RUN/generator2" --cache "$CACHE" \
   --prediction-type v_prediction --snr-gamma 5 --batch-size 32 --lr 5e-4 --warmup 20 --steps 1600 \
   --mixed-precision bf16 --seed 2 --resume
-python recipes/export_embedded.py "$RUN/generator2/pipeline"
+# then 2,000 steps on the same world with its patterns laid in the canvas frame, the UNet given the pattern waves
+# (zero-initialised input weights; duetgen.generator.pattern_waves)
+python recipes/train_generator.py --init "$RUN/generator2/pipeline" --out "$RUN/generator3" --pattern-frame canvas \
+  --cache "$RUN/cache/world_train_64_canvas.npz" --prediction-type v_prediction --snr-gamma 5 --batch-size 32 \
+  --lr 5e-4 --warmup 50 --steps 2000 --mixed-precision bf16 --seed 3 --resume
+python recipes/export_embedded.py "$RUN/generator3/pipeline"
 duetgen index samples/gallery_photos --out samples/gallery --regions --rebuild --quiet  # the manifest names the encoder
 python benchmarks/bench_world_duet.py
