@@ -250,6 +250,8 @@ def build_world_groups(
         pattern_frame: the photos' pattern frame (:func:`duetgen.world.render_photo`); the same seed gives the
             same instances, attributes, sketches and render noise in either frame.
     """
+    if pattern_frame not in world.PATTERN_FRAMES:
+        raise DuetgenInputError(f"pattern_frame must be one of {world.PATTERN_FRAMES}, got {pattern_frame!r}")
     photos = np.zeros((n_groups, 2, 2, size, size, 3), dtype=np.uint8)
     sketches = np.zeros((n_groups, 2, size, size), dtype=np.uint8)
     shape_idx = np.zeros((n_groups, 2), dtype=np.int64)

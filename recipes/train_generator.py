@@ -81,7 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder-grad", action="store_true", help="also train the encoder's duet parts with L_rec")
     p.add_argument("--encoder-lr", type=float, default=1e-5)
     p.add_argument("--groups", type=int, default=12000, help="world twin groups (the stage-2 cache is reused)")
-    p.add_argument("--cache", default="runs/cache/world_train_64.npz")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="world cache (.npz); default runs/cache/world_train_64.npz, or world_train_64_canvas.npz with\n"
+        "--pattern-frame canvas, so that a canvas run never rebuilds the object-frame cache stages 1 and 2 use",
+    )
     p.add_argument("--world-seed", type=int, default=1000, help="seed of the rendered world (stage 2 uses 1000)")
     p.add_argument(
         "--pattern-frame",
@@ -89,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=world.PATTERN_FRAMES,
         help="object: train on the world's photos as they are. canvas: on the same photos with their patterns laid\n"
         "in the canvas frame, and give the UNet the pattern waves (duetgen.generator.pattern_waves; an --init\n"
-        "pipeline without them gets them, zero-initialised). Needs its own --cache file (the cache records its frame)",
+        "pipeline without them gets them, zero-initialised). The cache records its frame (see --cache)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction", "sample"))
@@ -162,6 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "p_drop_both"):  # fmt: skip
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(args, name)}")
+    if args.cache is None:
+        args.cache = f"runs/cache/world_train_64{'_canvas' if args.pattern_frame == 'canvas' else ''}.npz"
     if args.pattern_frame == "canvas" and args.no_sketch_fill and not args.init:
         p.error("--pattern-frame canvas needs the sketch region channel: drop --no-sketch-fill")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():

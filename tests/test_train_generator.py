@@ -163,6 +163,20 @@ def test_photo_query_rows_are_attribute_transfer_requests(recipe, encoder_dir, t
     assert recipe.sample_batch(groups, plain, step=3)[4:] == (None, None)
 
 
+def test_each_pattern_frame_has_its_own_default_cache(recipe, tmp_path):
+    """A canvas run must not rebuild (and so overwrite) the object-frame cache that stages 1 and 2 train on."""
+    obj = recipe.parse_args(["--out", str(tmp_path)])
+    canvas = recipe.parse_args(["--out", str(tmp_path), "--pattern-frame", "canvas"])
+    assert obj.cache == "runs/cache/world_train_64.npz" and canvas.cache == "runs/cache/world_train_64_canvas.npz"
+    given = recipe.parse_args(["--out", str(tmp_path), "--pattern-frame", "canvas", "--cache", "c.npz"])
+    assert given.cache == "c.npz"
+    from duetgen import world_dataset as wd
+
+    with pytest.raises(wd.DuetgenInputError, match="pattern_frame must be one of"):
+        wd.load_or_build(tmp_path / "x.npz", 1, seed=0, size=16, pattern_frame="tilted")
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_bad_config_key(recipe, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("stpes: 3\n")
