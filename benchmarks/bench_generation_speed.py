@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from duetgen.generator import spatial_condition
+from duetgen.generator import gate_pattern_masks, has_pattern_masks, spatial_condition
 from duetgen.pipelines.pipeline_duetgen import _trace_unet
 
 
@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
             (_, query), states = pipe.encode_query(images, text, 1), None
         hidden, labels, sk_in = pipe.prepare_conditioning(query, sk, do_cfg, states)
         sk_in = spatial_condition(sk_in, pipe.unet.config.in_channels)  # outline (+ enclosed region), as the pipeline
+        if pipe.conditioner.uses_pattern_gates and has_pattern_masks(pipe.unet):  # the asked pattern's masks only
+            sk_in = gate_pattern_masks(sk_in, pipe.conditioner.pattern_probs(hidden, labels))
         dtype = pipe.unet.dtype  # the UNet's inputs in its dtype; latents and scheduler in float32, as the pipeline
         hidden, labels, sk_in = hidden.to(dtype), labels.to(dtype), sk_in.to(dtype)
 

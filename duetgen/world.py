@@ -568,6 +568,25 @@ def _pattern(instance: Instance, pattern: str, size: int, hard: bool, frame: str
     return np.clip(cov + 0.5, 0.0, 1.0)
 
 
+def canvas_pattern(pattern: str, size: int = 64, domain: str = "plain") -> np.ndarray:
+    """Where a canvas-frame pattern puts its second tone on a ``size`` photo of ``domain``: coverage (size, size)
+    float32 in [0, 1], exactly as :func:`render_photo` with ``pattern_frame="canvas"`` lays it under any object.
+
+    Plain, painting and night photos share one antialiased field. Pixel art draws the pattern hard on its coarse
+    grid, at a period of at least 4 cells, and upsamples it, so its field differs (see :func:`_paint`).
+    """
+    if pattern not in PATTERNS:
+        raise DuetgenInputError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    if domain not in DOMAINS:
+        raise DuetgenInputError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    anywhere = Instance(SHAPES[0], 0.5, 0.5, 0.5, 0.0, (0.5, 0.5))  # the canvas frame ignores the instance
+    if domain != "pixel art":
+        return _pattern(anywhere, pattern, size, hard=False, frame="canvas")
+    low = min(size, PIXEL_GRID)
+    cov = _pattern(anywhere, pattern, low, hard=True, frame="canvas")
+    return np.array(Image.fromarray(cov, mode="F").resize((size, size), Image.NEAREST))
+
+
 def _fill(
     instance: Instance, attrs: Attributes, size: int, rng: np.random.Generator, hard: bool, frame: str = "object"
 ) -> np.ndarray:

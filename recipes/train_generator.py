@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import duetgen
 from duetgen import world
@@ -47,10 +48,13 @@ from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.errors import run_script
 from duetgen.generator import (
+    add_pattern_gates,
+    add_pattern_masks,
     add_pattern_waves,
     blank_sketch,
     count_parameters,
     drop_conditions,
+    has_pattern_masks,
     has_pattern_waves,
     rec_loss,
     sketch_channel,
@@ -96,6 +100,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         "in the canvas frame, and give the UNet the pattern waves (duetgen.generator.pattern_waves; an --init\n"
         "pipeline without them gets them, zero-initialised). The cache records its frame (see --cache)",
     )
+    p.add_argument(
+        "--pattern-masks",
+        action="store_true",
+        help="with --pattern-frame canvas: also give the UNet the canvas-frame patterns themselves\n"
+        "(duetgen.generator.pattern_masks; an --init pipeline without them gets them, zero-initialised)",
+    )
+    p.add_argument(
+        "--pattern-gates",
+        action="store_true",
+        help="with --pattern-masks: the conditioner picks which pattern's masks reach the UNet\n"
+        "(QueryConditioner.pattern_probs; an --init pipeline without the gates gets them, all choices equal)",
+    )
+    p.add_argument(
+        "--gate-loss-weight",
+        type=float,
+        default=0.1,
+        help="with --pattern-gates: weight of the cross-entropy between the gate and the pattern the words name\n"
+        "(rows whose query has the words; 0: the gates learn from the denoising loss alone)",
+    )
+    p.add_argument("--gate-lr", type=float, default=3e-3, help="learning rate of the pattern gates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction", "sample"))
     p.add_argument(
@@ -171,6 +195,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.cache = f"runs/cache/world_train_64{'_canvas' if args.pattern_frame == 'canvas' else ''}.npz"
     if args.pattern_frame == "canvas" and args.no_sketch_fill and not args.init:
         p.error("--pattern-frame canvas needs the sketch region channel: drop --no-sketch-fill")
+    if args.pattern_masks and args.pattern_frame != "canvas":
+        p.error("--pattern-masks needs --pattern-frame canvas (the masks are the canvas-frame patterns)")
+    if args.pattern_gates and not args.pattern_masks:
+        p.error("--pattern-gates needs --pattern-masks (the gates scale the pattern masks)")
+    if args.gate_loss_weight < 0:
+        p.error(f"--gate-loss-weight must be >= 0, got {args.gate_loss_weight}")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         p.error("--mixed-precision fp16 needs a GPU; use bf16 (or no) on a CPU")
     if args.init:
@@ -196,8 +226,9 @@ def lr_lambda(args):
 def sample_batch(groups: wd.WorldGroups, args, step: int):
     """Rows (g, i, j) for one step, deterministic from (seed, step) so a resumed run sees the same batches.
 
-    Returns target photos (B, 3, S, S) in [-1, 1], sketches (B, 3, S, S) in [0, 1], words, the text-only mask (B,)
-    and, for ``--p-photo-query`` rows, the source photos (B, 3, S, S) in [0, 1] with their mask (B,) (else ``None``).
+    Returns target photos (B, 3, S, S) in [-1, 1], sketches (B, 3, S, S) in [0, 1], words, the text-only mask (B,),
+    for ``--p-photo-query`` rows the source photos (B, 3, S, S) in [0, 1] with their mask (B,) (else ``None``), and
+    the target photos' patterns (B,) as indices into ``world.PATTERNS``.
     """
     rng = np.random.default_rng([args.seed, step])
     b = args.batch_size
@@ -220,7 +251,9 @@ def sample_batch(groups: wd.WorldGroups, args, step: int):
             source, target = (world.Attributes.from_dict(attrs[a]) for a in (1 - j[k], j[k]))
             words[k] = world.change_words(source, target)
         photo_rows = torch.from_numpy(photo_rows)
-    return photos, sketches, words, torch.from_numpy(text_only), sources, photo_rows
+    patterns = torch.tensor([world.PATTERNS.index(groups.records[int(gg)]["attrs"][int(jj)]["pattern"])
+                             for gg, jj in zip(g, j, strict=True)])  # fmt: skip
+    return photos, sketches, words, torch.from_numpy(text_only), sources, photo_rows, patterns
 
 
 def encode_queries(
@@ -295,20 +328,35 @@ def main(argv=None) -> None:
             layers_per_block=args.layers_per_block,
             sketch_fill=not args.no_sketch_fill,
             pattern_waves=args.pattern_frame == "canvas",
+            pattern_masks=args.pattern_masks,
+            pattern_gates=args.pattern_gates,
             norm_num_groups=math.gcd(8, *channels),
             query_states=args.query_states,
         )
-    elif args.pattern_frame == "canvas" and not has_pattern_waves(pipe.unet):
+    elif args.pattern_frame == "canvas":
         try:
-            pipe.unet = add_pattern_waves(pipe.unet).requires_grad_(True)
+            if not has_pattern_waves(pipe.unet):
+                pipe.unet = add_pattern_waves(pipe.unet).requires_grad_(True)
+                acc.print("--init: the UNet now also takes the pattern waves (zero-initialised input weights)")
+            if args.pattern_masks and not has_pattern_masks(pipe.unet):
+                pipe.unet = add_pattern_masks(pipe.unet).requires_grad_(True)
+                acc.print("--init: the UNet now also takes the pattern masks (zero-initialised input weights)")
+            if args.pattern_gates and not pipe.conditioner.uses_pattern_gates:
+                pipe.conditioner = add_pattern_gates(pipe.conditioner).requires_grad_(True)
+                acc.print("--init: the conditioner now gates the pattern masks (all choices equal at first)")
         except ValueError as err:
             raise SystemExit(f"--init {args.init} with --pattern-frame canvas: {err}") from None
-        acc.print("--init: the UNet now also takes the pattern waves (zero-initialised input weights)")
     unet, conditioner, scheduler = pipe.unet, pipe.conditioner, pipe.scheduler
     use_states = conditioner.uses_states
+    gated = conditioner.uses_pattern_gates and has_pattern_masks(unet)
+    gate_hits: list[float] = []
     acc.print(f"generator: {count_parameters(unet, conditioner) / 1e6:.2f} M parameters; {len(groups)} world groups")
 
-    param_groups = [{"params": list(unet.parameters()) + list(conditioner.parameters()), "lr": args.lr}]
+    gate_params = [p for n, p in conditioner.named_parameters() if n.startswith("gate_")]
+    rest = [p for n, p in conditioner.named_parameters() if not n.startswith("gate_")]
+    param_groups = [{"params": list(unet.parameters()) + rest, "lr": args.lr}]
+    if gate_params:  # a linear read-out of features that already carry the pattern: it can learn much faster
+        param_groups.append({"params": gate_params, "lr": args.gate_lr})
     if args.encoder_grad:
         param_groups.append({"params": encoder.set_trainable("duet"), "lr": args.encoder_lr})
     opt = torch.optim.AdamW(param_groups, weight_decay=args.weight_decay)
@@ -339,7 +387,7 @@ def main(argv=None) -> None:
     for step in range(start, args.steps):
         # noise and condition dropout drawn from (seed, step) alone, so a resumed run repeats an uninterrupted one
         gen = torch.Generator().manual_seed(args.seed * 100003 + step)
-        photos, sketches, words, text_only, sources, photo_rows = sample_batch(groups, args, step)
+        photos, sketches, words, text_only, sources, photo_rows, patterns = sample_batch(groups, args, step)
         photos, sketches = photos.to(acc.device), sketches.to(acc.device)
         if sources is not None:
             sources, photo_rows = sources.to(acc.device), photo_rows.to(acc.device)
@@ -358,7 +406,23 @@ def main(argv=None) -> None:
         if use_states:  # (drawn only then: runs without states repeat earlier runs exactly)
             drop_h = torch.rand(len(words), generator=gen).to(acc.device) < args.p_drop_states
         tokens, labels = conditioner(query, drop_q, states, drop_h)
-        loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen, snr_gamma=args.snr_gamma)
+        probs = None
+        if gated:  # which pattern's masks reach the UNet; trained to name the pattern where the query has the words
+            logits = conditioner.pattern_logits(tokens, labels)  # (B, 1 + P)
+            probs = logits.softmax(dim=-1)
+        loss = rec_loss(unet, scheduler, photos, sk, tokens, labels, generator=gen, snr_gamma=args.snr_gamma,
+                        pattern_probs=probs)  # fmt: skip
+        if gated:
+            named = torch.tensor([bool(w) for w in words], device=acc.device) & ~drop_q
+            if drop_h is not None:
+                named = named & ~drop_h
+            if photo_rows is not None:
+                named = named & ~photo_rows  # change words name the target's pattern only when it changes
+            if named.any():
+                target = patterns.to(acc.device)[named]  # world.PATTERNS order: solid first, as the gates
+                gate_ce = F.cross_entropy(logits[named].float(), target)
+                gate_hits.append((logits[named].argmax(-1) == target).float().mean().item())
+                loss = loss + args.gate_loss_weight * gate_ce
         acc.backward(loss)
         if args.grad_clip > 0:
             acc.clip_grad_norm_(trained, args.grad_clip)
@@ -378,11 +442,14 @@ def main(argv=None) -> None:
                 "s_per_step": (time.time() - window) / len(losses),
                 "elapsed_s": time.time() - t0,
             }
-            losses, window = [], time.time()
+            if gate_hits:
+                rec["gate_acc"] = float(np.mean(gate_hits))
+            losses, window, gate_hits = [], time.time(), []
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            acc.print(f"step {done}/{args.steps} loss {rec['loss']:.4f} ({rec['s_per_step']:.2f} s/step)")
+            gate = f" gate acc {rec['gate_acc']:.2f}" if "gate_acc" in rec else ""
+            acc.print(f"step {done}/{args.steps} loss {rec['loss']:.4f}{gate} ({rec['s_per_step']:.2f} s/step)")
         if done % args.save_every == 0 or done == args.steps:
             save_training_state(acc, state_dir, done)  # temp folder + atomic swap: a kill never tears it
 

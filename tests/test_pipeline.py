@@ -349,7 +349,7 @@ def test_sketch_fill_encloses_the_drawn_region_and_feeds_the_unet():
         ious.append((region & mask).sum() / (region | mask).sum())
     assert np.median(ious) > 0.6, ious
     assert spatial_condition(ring, 4) is ring and torch.equal(spatial_condition(ring, 5)[:, 1:], fill)
-    with pytest.raises(ValueError, match="takes 4 or 5 or 15 input channels, this one takes 6"):
+    with pytest.raises(ValueError, match="takes 4 or 5 or 15 or 21 input channels, this one takes 6"):
         spatial_condition(ring, 6)
     assert build_unet(16, sample_size=32, block_out_channels=(8, 16), attention_levels=1, norm_num_groups=4,
                       cross_attention_dim=16).config.in_channels == 5  # fmt: skip
@@ -404,6 +404,125 @@ def test_adding_pattern_waves_keeps_the_unet_then_feeds_it(tmp_path):
     with_waves = run(back, sketch=sketch(), text="red").images
     back.unet.conv_in.weight.data[:, 5:] = 0
     assert not torch.allclose(with_waves, run(back, sketch=sketch(), text="red").images, atol=1e-3)
+
+
+def test_adding_pattern_masks_keeps_the_unet_then_feeds_it(tmp_path):
+    """add_pattern_masks: a 21-channel UNet that computes what the 15-channel one did until trained; the masks are
+    the world's canvas-frame patterns; its pipeline saves, loads and runs, and the masks reach the UNet."""
+    from duetgen import world
+    from duetgen.generator import (
+        MASK_CHANNELS,
+        add_pattern_masks,
+        add_pattern_waves,
+        build_unet,
+        has_pattern_masks,
+        has_pattern_waves,
+        pattern_masks,
+        spatial_condition,
+    )
+
+    pipe = make_tiny_pipeline()
+    with pytest.raises(ValueError, match="this UNet takes 5"):
+        add_pattern_masks(pipe.unet)  # the waves come first
+    waved = add_pattern_waves(pipe.unet)
+    with torch.no_grad():
+        waved.conv_in.weight[:, 5:] = 0.3
+    wide = add_pattern_masks(waved)
+    assert wide.config.in_channels == 15 + MASK_CHANNELS == 21
+    assert has_pattern_masks(wide) and has_pattern_waves(wide) and not has_pattern_masks(waved)
+    masks = pattern_masks(2, 32)
+    assert masks.shape == (2, 6, 32, 32) and torch.equal(masks[0], masks[1])
+    expected = [
+        world.canvas_pattern(p, 32, d) * 2 - 1 for d in ("plain", "pixel art") for p in ("stripes", "dots", "checks")
+    ]
+    assert np.allclose(masks[0].numpy(), np.stack(expected))
+    sk = sketch()[None, :1] * 2 - 1
+    assert torch.equal(spatial_condition(sk, 21)[:, 12:], pattern_masks(1, 32))
+    assert torch.equal(spatial_condition(sk, 21)[:, :12], spatial_condition(sk, 15))
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+    tokens, labels = pipe.conditioner(pipe.encoder.encode_query(sketch()[None], ["red"]))
+    with torch.no_grad():
+        before = waved(torch.cat([x, spatial_condition(sk, 15)], 1), t, tokens, class_labels=labels).sample
+        after = wide(torch.cat([x, spatial_condition(sk, 21)], 1), t, tokens, class_labels=labels).sample
+    assert torch.allclose(before, after, atol=1e-6)
+    with pytest.raises(ValueError, match="this UNet takes 21"):
+        add_pattern_masks(wide)
+    with torch.no_grad():
+        wide.conv_in.weight[:, 15:] = 0.5  # once trained, the masks change the image
+    pipe.unet = wide
+    pipe.save_pretrained(tmp_path / "p")
+    back = load_pipeline(tmp_path / "p")
+    back.set_progress_bar_config(disable=True)
+    assert back.unet.config.in_channels == 21
+    with_masks = run(back, sketch=sketch(), text="red").images
+    back.unet.conv_in.weight.data[:, 15:] = 0
+    assert not torch.allclose(with_masks, run(back, sketch=sketch(), text="red").images, atol=1e-3)
+    with pytest.raises(ValueError, match="pattern_masks=True needs pattern_waves=True"):
+        build_unet(16, pattern_masks=True)
+
+
+def test_pattern_gates_pass_only_the_asked_patterns_masks(tmp_path):
+    """QueryConditioner pattern gates: probabilities over solid + the masked patterns from the conditioning; only the
+    chosen pattern's masks (both domains) reach the UNet; a gated pipeline saves, loads and runs, and its gates
+    change the image."""
+    from duetgen.generator import (
+        add_pattern_gates,
+        add_pattern_masks,
+        add_pattern_waves,
+        gate_pattern_masks,
+        pattern_masks,
+        spatial_condition,
+    )
+
+    pipe = make_tiny_pipeline()
+    pipe.unet = add_pattern_masks(add_pattern_waves(pipe.unet))
+    with torch.no_grad():
+        pipe.unet.conv_in.weight[:, 15:] = 0.5
+    assert not pipe.conditioner.uses_pattern_gates
+    gated = add_pattern_gates(pipe.conditioner)
+    assert gated.uses_pattern_gates and gated.config.pattern_gates == 3
+    with pytest.raises(ValueError, match="already has pattern gates"):
+        add_pattern_gates(gated)
+    with pytest.raises(ValueError, match="no pattern gates"):
+        pipe.conditioner.pattern_logits(torch.zeros(1, 4, 16), torch.zeros(1, 16))
+    query = pipe.encoder.encode_query(sketch()[None].expand(2, -1, -1, -1), ["red", "blue"])
+    hidden, labels = gated(query)
+    old_hidden, old_labels = pipe.conditioner(query)
+    assert torch.equal(hidden, old_hidden) and torch.equal(labels, old_labels)  # the rest of the conditioner is kept
+    probs = gated.pattern_probs(hidden, labels)
+    assert probs.shape == (2, 4) and torch.allclose(probs, torch.full_like(probs, 0.25))  # all choices equal at first
+    sk = (sketch()[None, :1] * 2 - 1).expand(2, -1, -1, -1)
+    spatial = spatial_condition(sk, 21)
+    dots = torch.tensor([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # row 0 asks for dots, row 1 for solid
+    out = gate_pattern_masks(spatial, dots)
+    assert torch.equal(out[:, :12], spatial[:, :12])  # sketch, region and waves untouched
+    masks = pattern_masks(1, 32)[0]
+    assert torch.equal(
+        out[0, 12:], torch.stack([masks[k] if k in (1, 4) else torch.zeros_like(masks[k]) for k in range(6)])
+    )
+    assert not out[1, 12:].any()
+    with pytest.raises(ValueError, match="need the pattern masks"):
+        gate_pattern_masks(spatial_condition(sk, 15), dots)
+
+    pipe.conditioner = gated
+    pipe.save_pretrained(tmp_path / "p")
+    back = load_pipeline(tmp_path / "p")
+    back.set_progress_bar_config(disable=True)
+    assert back.conditioner.uses_pattern_gates and back.unet.config.in_channels == 21
+    with torch.no_grad():
+        back.conditioner.gate_head.bias.copy_(torch.tensor([0.0, 0.0, 30.0, 0.0]))  # always dots
+    always_dots = run(back, sketch=sketch(), text="red").images
+    with torch.no_grad():
+        back.conditioner.gate_head.bias.copy_(torch.tensor([30.0, 0.0, 0.0, 0.0]))  # always solid: no masks
+    always_solid = run(back, sketch=sketch(), text="red").images
+    assert not torch.allclose(always_dots, always_solid, atol=1e-3)
+    with torch.no_grad():
+        back.unet.conv_in.weight[:, 15:] = 0  # with the masks' weights off, the gates change nothing
+    assert torch.allclose(run(back, sketch=sketch(), text="red").images, always_solid, atol=1e-5)
+    from duetgen.pipelines import DuetGenPipeline
+
+    with pytest.raises(ValueError, match="pattern_gates=True needs pattern_masks=True"):
+        DuetGenPipeline.from_encoder(pipe.encoder, pattern_gates=True)
 
 
 def test_outline_only_pipelines_still_load_and_run(tmp_path):

@@ -98,6 +98,23 @@ def test_two_steps_then_resume(recipe, encoder_dir, tmp_path):
     assert waved.unet.config.in_channels == 15
     w2 = waved.unet.conv_in.weight
     assert (w2[:, :5] - w0).abs().max() < 0.1 and 0 < w2[:, 5:].abs().max() < 0.1  # widened, then one step
+    # --pattern-masks: the canvas patterns themselves too; from the 15-channel run, and straight from a 5-channel one
+    for init, name in ((cv, "mk"), (out, "mk5")):
+        recipe.main(["--init", str(init / "pipeline"), "--out", str(tmp_path / name), "--cache",
+                     str(tmp_path / "canvas.npz"), "--pattern-frame", "canvas", "--pattern-masks", "--steps", "1",
+                     "--ema-decay", "0", *TINY[:4]])  # fmt: skip
+        w3 = load_pipeline(tmp_path / name / "pipeline").unet.conv_in.weight
+        assert w3.shape[1] == 21 and 0 < w3[:, 15:].abs().max() < 0.1
+    assert (w3[:, :5] - w0).abs().max() < 0.1
+    # --pattern-gates: the conditioner learns which pattern's masks to pass (logged as gate_acc)
+    recipe.main(["--init", str(tmp_path / "mk" / "pipeline"), "--out", str(tmp_path / "gt"), "--cache",
+                 str(tmp_path / "canvas.npz"), "--pattern-frame", "canvas", "--pattern-masks", "--pattern-gates",
+                 "--steps", "2", "--log-every", "1", "--ema-decay", "0", *TINY[:4]])  # fmt: skip
+    gt = load_pipeline(tmp_path / "gt" / "pipeline")
+    assert gt.conditioner.uses_pattern_gates and gt.unet.config.in_channels == 21
+    assert gt.conditioner.gate_head.weight.abs().max() > 0  # trained from its zero start
+    logged = [json.loads(line) for line in (tmp_path / "gt" / "log.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and all(0 <= r["gate_acc"] <= 1 for r in logged if "gate_acc" in r)
     from duetgen import world_dataset as wd
 
     obj, canvas = wd.WorldGroups.load(tmp_path / "groups.npz"), wd.WorldGroups.load(tmp_path / "canvas.npz")
@@ -141,7 +158,7 @@ def test_photo_query_rows_are_attribute_transfer_requests(recipe, encoder_dir, t
     groups = wd.load_or_build(tmp_path / "g.npz", 6, seed=1000, size=64)
     args = recipe.parse_args(["--out", str(tmp_path), "--batch-size", "16", "--p-photo-query", "1.0",
                               "--p-text-only", "0", "--p-sketch-query", "0"])  # fmt: skip
-    photos, sketches, words, text_only, sources, rows = recipe.sample_batch(groups, args, step=3)
+    photos, sketches, words, text_only, sources, rows, patterns = recipe.sample_batch(groups, args, step=3)
     assert rows.all() and not text_only.any()
     rng = np.random.default_rng([args.seed, 3])
     g, i, j = (rng.integers(0, n, 16) for n in (len(groups), 2, 2))
@@ -150,6 +167,7 @@ def test_photo_query_rows_are_attribute_transfer_requests(recipe, encoder_dir, t
         assert words[k] == world.change_words(attrs[1 - j[k]], attrs[j[k]])
         assert torch.equal(sources[k], wd.to_float(groups.photos[g[k], i[k], 1 - j[k]]))
         assert torch.equal(photos[k], wd.to_float(groups.photos[g[k], i[k], j[k]]) * 2 - 1)
+        assert world.PATTERNS[patterns[k]] == attrs[j[k]].pattern  # the target's pattern, for the gate loss
     # the query of a photo row is the attribute-transfer query of that source and words
     enc = duetgen.load_encoder(encoder_dir).eval()
     with torch.no_grad():
@@ -160,7 +178,7 @@ def test_photo_query_rows_are_attribute_transfer_requests(recipe, encoder_dir, t
     assert not torch.allclose(q, sketch_q, atol=1e-3)
     # off by default: the same step draws the same batch as before the option existed
     plain = recipe.parse_args(["--out", str(tmp_path), "--batch-size", "16"])
-    assert recipe.sample_batch(groups, plain, step=3)[4:] == (None, None)
+    assert recipe.sample_batch(groups, plain, step=3)[4:6] == (None, None)
 
 
 def test_each_pattern_frame_has_its_own_default_cache(recipe, tmp_path):
@@ -193,6 +211,9 @@ def test_bad_config_key(recipe, tmp_path):
         (["--p-drop-states", "-0.1"], "--p-drop-states must be a probability"),
         (["--pattern-frame", "canvas", "--no-sketch-fill"], "--pattern-frame canvas needs the sketch region"),
         (["--pattern-frame", "tilted"], "invalid choice: 'tilted'"),
+        (["--pattern-masks"], "--pattern-masks needs --pattern-frame canvas"),
+        (["--pattern-frame", "canvas", "--pattern-masks", "--gate-loss-weight", "-1"], "--gate-loss-weight must be"),
+        (["--pattern-frame", "canvas", "--pattern-gates"], "--pattern-gates needs --pattern-masks"),
         pytest.param(
             ["--mixed-precision", "fp16"],
             "needs a GPU",

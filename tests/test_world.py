@@ -259,3 +259,26 @@ def test_canvas_pattern_frame_is_fixed_to_the_canvas():
     assert diff[inside].max() > 50 and diff[~world._mask(a.outline(), 64).astype(bool)].max() == 0
     with pytest.raises(DuetgenInputError, match="pattern_frame must be one of"):
         world.render_photo(a, dotted, 64, 3, "rotated")
+
+
+@pytest.mark.parametrize("domain", world.DOMAINS)
+def test_canvas_pattern_is_where_a_canvas_frame_photo_puts_the_second_tone(domain):
+    """world.canvas_pattern (the generator's pattern masks): inside an object of a canvas-frame photo the pixel
+    brightness follows its field, not the other domains' (pixel art draws its pattern coarser)."""
+    a = world.Instance("house", 0.5, 0.5, 0.85, 0.0, (0.5, 0.5))
+    inside = world._mask(a.outline(), 64) > 0.99
+    for shift in ((3, 0), (-3, 0), (3, 1), (-3, 1)):  # away from the antialiased edge
+        inside &= np.roll(inside, *shift)
+    other = "plain" if domain == "pixel art" else "pixel art"
+    for pattern in ("stripes", "dots", "checks"):
+        img = world.render_photo(a, world.Attributes("blue", pattern, domain), 64, 5, "canvas").astype(float)
+        grey = img.mean(-1)[inside]
+        field = world.canvas_pattern(pattern, 64, domain)
+        assert field.shape == (64, 64) and 0.2 < field.mean() < 0.6
+        assert np.corrcoef(grey, field[inside])[0, 1] > 0.9
+        assert abs(np.corrcoef(grey, world.canvas_pattern(pattern, 64, other)[inside])[0, 1]) < 0.2
+    assert not world.canvas_pattern("solid", 64, domain).any()
+    with pytest.raises(DuetgenInputError, match="pattern must be one of"):
+        world.canvas_pattern("plaid", 64, domain)
+    with pytest.raises(DuetgenInputError, match="domain must be one of"):
+        world.canvas_pattern("dots", 64, "sepia")

@@ -36,11 +36,14 @@ from ..composed_query_encoder import ComposedQueryEncoder
 from ..errors import CheckpointError, DuetgenInputError
 from ..generator import (
     IMAGE_CHANNELS,
+    MASK_PATTERNS,
     SPATIAL_LAYOUTS,
     QueryConditioner,
     blank_sketch,
     build_scheduler,
     build_unet,
+    gate_pattern_masks,
+    has_pattern_masks,
     sketch_channel,
     spatial_condition,
 )
@@ -123,20 +126,25 @@ class DuetGenPipeline(DiffusionPipeline):
         num_query_tokens: int = 4,
         cross_attention_dim: int = 128,
         query_states: bool = False,
+        pattern_gates: bool = False,
         **unet_kwargs,
     ) -> DuetGenPipeline:
         """A new (untrained) pipeline around an encoder: fresh UNet, conditioner and DDPM scheduler.
 
         ``query_states``: the cross-attention also sees the composed query's per-token states (see
-        :class:`~duetgen.generator.QueryConditioner`). ``unet_kwargs`` go to :func:`duetgen.generator.build_unet`
-        (``block_out_channels``, ``attention_levels``...).
+        :class:`~duetgen.generator.QueryConditioner`). ``pattern_gates``: the conditioner picks which pattern's masks
+        reach the UNet (needs ``pattern_masks=True``). ``unet_kwargs`` go to :func:`duetgen.generator.build_unet`
+        (``block_out_channels``, ``attention_levels``, ``pattern_masks``...).
         """
+        if pattern_gates and not unet_kwargs.get("pattern_masks"):
+            raise ValueError("pattern_gates=True needs pattern_masks=True (the gates scale the pattern masks)")
         d = encoder.embed_dim
         states = {}
         if query_states:
             states = {"state_dim": encoder.clip.token_embedding.embedding_dim, "state_length": encoder.context_length}
+        gates = {"pattern_gates": len(MASK_PATTERNS)} if pattern_gates else {}
         conditioner = QueryConditioner(
-            d, num_tokens=num_query_tokens, cross_attention_dim=cross_attention_dim, **states
+            d, num_tokens=num_query_tokens, cross_attention_dim=cross_attention_dim, **states, **gates
         )
         unet = build_unet(d, sample_size=sample_size, cross_attention_dim=cross_attention_dim, **unet_kwargs)
         return cls(encoder=encoder, conditioner=conditioner, unet=unet, scheduler=build_scheduler(prediction_type))
@@ -677,6 +685,8 @@ class DuetGenPipeline(DiffusionPipeline):
         )
         n_uncond = hidden_states.shape[0] - n_images  # rows before the conditional ones: 0, N or 2N
         sketch_in = spatial_condition(sketch_in, self.unet.config.in_channels)  # (M, in_channels - 3, S, S), once
+        if self.conditioner.uses_pattern_gates and has_pattern_masks(self.unet):  # only the asked pattern's masks
+            sketch_in = gate_pattern_masks(sketch_in, self.conditioner.pattern_probs(hidden_states, class_labels))
         # A reduced-precision UNet (e.g. ``pipe.unet.to(torch.bfloat16)``) gets its inputs in its dtype; the latents
         # and the scheduler's arithmetic stay in float32.
         unet_dtype = self.unet.dtype
