@@ -376,6 +376,21 @@ def test_pattern_waves_are_the_canvas_patterns_phase():
     assert ((waves[0, :k] ** 2 + waves[0, k:] ** 2) - 1).abs().max() < 1e-5  # cosine and sine of one phase
 
 
+def _widened_pipeline_round_trips_and_uses_new_channels(pipe, wide, first_new: int, tmp_path):
+    """A pipeline with the widened UNet saves, loads and runs; once its new input weights are non-zero (as after
+    training), the new channels change the image."""
+    with torch.no_grad():
+        wide.conv_in.weight[:, first_new:] = 0.5
+    pipe.unet = wide
+    pipe.save_pretrained(tmp_path / "p")
+    back = load_pipeline(tmp_path / "p")
+    back.set_progress_bar_config(disable=True)
+    assert back.unet.config.in_channels == wide.config.in_channels
+    with_new = run(back, sketch=sketch(), text="red").images
+    back.unet.conv_in.weight.data[:, first_new:] = 0
+    assert not torch.allclose(with_new, run(back, sketch=sketch(), text="red").images, atol=1e-3)
+
+
 def test_adding_pattern_waves_keeps_the_unet_then_feeds_it(tmp_path):
     """add_pattern_waves: a 15-channel UNet that computes what the 5-channel one did (zero input weights) until
     trained; its pipeline saves, loads and runs, and the waves reach the UNet."""
@@ -394,16 +409,7 @@ def test_adding_pattern_waves_keeps_the_unet_then_feeds_it(tmp_path):
     assert torch.equal(spatial_condition(sk, 15)[:, 2:], pattern_waves(1, 32))
     with pytest.raises(ValueError, match="this UNet takes 15"):
         add_pattern_waves(wide)
-    with torch.no_grad():
-        wide.conv_in.weight[:, 5:] = 0.5  # once trained, the waves change the image
-    pipe.unet = wide
-    pipe.save_pretrained(tmp_path / "p")
-    back = load_pipeline(tmp_path / "p")
-    back.set_progress_bar_config(disable=True)
-    assert back.unet.config.in_channels == 15
-    with_waves = run(back, sketch=sketch(), text="red").images
-    back.unet.conv_in.weight.data[:, 5:] = 0
-    assert not torch.allclose(with_waves, run(back, sketch=sketch(), text="red").images, atol=1e-3)
+    _widened_pipeline_round_trips_and_uses_new_channels(pipe, wide, 5, tmp_path)  # the waves
 
 
 def test_adding_pattern_masks_keeps_the_unet_then_feeds_it(tmp_path):
@@ -447,16 +453,7 @@ def test_adding_pattern_masks_keeps_the_unet_then_feeds_it(tmp_path):
     assert torch.allclose(before, after, atol=1e-6)
     with pytest.raises(ValueError, match="this UNet takes 21"):
         add_pattern_masks(wide)
-    with torch.no_grad():
-        wide.conv_in.weight[:, 15:] = 0.5  # once trained, the masks change the image
-    pipe.unet = wide
-    pipe.save_pretrained(tmp_path / "p")
-    back = load_pipeline(tmp_path / "p")
-    back.set_progress_bar_config(disable=True)
-    assert back.unet.config.in_channels == 21
-    with_masks = run(back, sketch=sketch(), text="red").images
-    back.unet.conv_in.weight.data[:, 15:] = 0
-    assert not torch.allclose(with_masks, run(back, sketch=sketch(), text="red").images, atol=1e-3)
+    _widened_pipeline_round_trips_and_uses_new_channels(pipe, wide, 15, tmp_path)  # the masks
     with pytest.raises(ValueError, match="pattern_masks=True needs pattern_waves=True"):
         build_unet(16, pattern_masks=True)
 
