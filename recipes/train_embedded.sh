@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
 # duetgen/embedded/pipeline. The encoder (stages 1 and 2) takes about 45 minutes on 2 idle CPU cores, the generator
-# (stage 3) about 190 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
+# (stage 3) about 210 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
 # Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR]
 set -euo pipefail
@@ -30,7 +30,7 @@ python recipes/train_generator.py --init "$RUN/generator2/pipeline" --out "$RUN/
   --cache "$RUN/cache/world_train_64_canvas.npz" --prediction-type v_prediction --snr-gamma 5 --batch-size 32 \
   --lr 5e-4 --warmup 50 --steps 2000 --mixed-precision bf16 --seed 3 --resume
 # then 1,500 steps with the canvas-frame patterns themselves as input channels (duetgen.generator.pattern_masks),
-# and 2 x 1,200 with the conditioner gating them: only the pattern the words ask for reaches the UNet
+# and 1,200 + 1,200 + 800 with the conditioner gating them: only the pattern the words ask for reaches the UNet
 python recipes/train_generator.py --init "$RUN/generator3/pipeline" --out "$RUN/generator4" --pattern-frame canvas \
   --pattern-masks --cache "$RUN/cache/world_train_64_canvas.npz" --prediction-type v_prediction --snr-gamma 5 \
   --batch-size 32 --lr 5e-4 --warmup 50 --steps 1500 --mixed-precision bf16 --seed 4 --resume
@@ -40,6 +40,9 @@ python recipes/train_generator.py --init "$RUN/generator4/pipeline" --out "$RUN/
 python recipes/train_generator.py --init "$RUN/generator5/pipeline" --out "$RUN/generator6" --pattern-frame canvas \
   --pattern-masks --pattern-gates --cache "$RUN/cache/world_train_64_canvas.npz" --prediction-type v_prediction \
   --snr-gamma 5 --batch-size 32 --lr 5e-4 --warmup 50 --steps 1200 --mixed-precision bf16 --seed 6 --resume
-python recipes/export_embedded.py "$RUN/generator6/pipeline"
+python recipes/train_generator.py --init "$RUN/generator6/pipeline" --out "$RUN/generator7" --pattern-frame canvas \
+  --pattern-masks --pattern-gates --cache "$RUN/cache/world_train_64_canvas.npz" --prediction-type v_prediction \
+  --snr-gamma 5 --batch-size 32 --lr 5e-4 --warmup 50 --steps 800 --mixed-precision bf16 --seed 7 --resume
+python recipes/export_embedded.py "$RUN/generator7/pipeline"
 duetgen index samples/gallery_photos --out samples/gallery --regions --rebuild --quiet  # the manifest names the encoder
 python benchmarks/bench_world_duet.py
