@@ -140,7 +140,7 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
             probe += float(self.visual_prompts.float().sum()) if self.visual_prompts.numel() else 0.0
         return {"backbone": self.config.backbone, "embed_dim": self.embed_dim, "fingerprint": f"{probe:.6e}"}
 
-    def set_trainable(self, mode: str = "duet") -> list[nn.Parameter]:
+    def set_trainable(self, mode: str = "duet", visual_blocks: int = 0) -> list[nn.Parameter]:
         """Freezes everything, then unfreezes one training recipe's parameters and returns them.
 
         Modes:
@@ -152,11 +152,22 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
                 which stays frozen with its BatchNorm statistics); the same as ``"all"`` for other backbones.
 
         A pretrained CNN trunk is frozen in every mode but ``"all"``.
+
+        ``visual_blocks`` (``"duet"`` and ``"prompts"`` only) also unfreezes the last K transformer blocks of V and its
+        output projection. It is not part of the method: it makes up for a stand-in CLIP whose V knows too little
+        shape (real CLIP's does). Those weights come after the method's parameters in the returned list, so
+        ``params[len(set_trainable(mode)):]`` can get a learning rate of their own.
         """
         from .backbones import pretrained_stem
 
         if mode not in ("duet", "prompts", "all", "pretrain"):
             raise ValueError(f"mode must be 'duet', 'prompts', 'pretrain' or 'all', got {mode!r}")
+        blocks = getattr(getattr(self.clip.visual, "transformer", None), "resblocks", ())
+        if visual_blocks and (mode in ("all", "pretrain") or not 0 < visual_blocks <= len(blocks)):
+            raise ValueError(
+                f"visual_blocks must be between 1 and V's {len(blocks)} transformer blocks, with mode 'duet' or "
+                f"'prompts'; got {visual_blocks} with {mode!r}"
+            )
         trunk = getattr(pretrained_stem(self.clip), "trunk", None)
         if mode == "pretrain" and trunk is None:
             mode = "all"
@@ -177,6 +188,12 @@ class ComposedQueryEncoder(ModelMixin, ConfigMixin):
         if mode == "duet":
             params.extend(self.mapper.parameters())
             params.append(self.prompt_tokens)
+        if visual_blocks:
+            seen = {id(p) for p in params}
+            extra = [p for b in blocks[len(blocks) - visual_blocks :] for p in b.parameters()]
+            if isinstance(getattr(self.clip.visual, "proj", None), nn.Parameter):
+                extra.append(self.clip.visual.proj)
+            params.extend(p for p in extra if id(p) not in seen)
         for p in params:
             p.requires_grad_(True)
         return params

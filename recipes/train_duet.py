@@ -3,10 +3,11 @@
 
 Trains only what the method trains (LayerNorms of V, visual prompts, the pseudo-word mapper C_v2w and the learned
 prompt P_L; T_t stays frozen) with L_trip, L_comp, L_reg, L_TT and L_RT (plus in-batch InfoNCE), each weighted and
-switchable (``--w-comp 0`` removes L_comp). ``--caption-supervised`` splices the attribute words after the sketch
-token during training (the world has captions; the paper does not use them). Batches are whole twin groups, so
-every photo's geometry twin and attribute twin are in the batch. Evaluates on the held-out twin benchmark every
-``--eval-every`` steps, saves resumable state and the final encoder with ``save_pretrained``.
+switchable (``--w-comp 0`` removes L_comp). ``--visual-blocks K`` also trains V's last K transformer blocks (not
+the method; the shipped encoder's stage 2b, see recipes/README.md). ``--caption-supervised`` splices the attribute
+words after the sketch token during training (the world has captions; the paper does not use them). Batches are
+whole twin groups, so every photo's geometry twin and attribute twin are in the batch. Evaluates on the held-out twin
+benchmark every ``--eval-every`` steps, saves resumable state and the final encoder with ``save_pretrained``.
 
     python recipes/train_duet.py --init runs/stage1/encoder --out runs/stage2 --steps 1200
 
@@ -57,7 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         if f.type in ("float", "int") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     p.add_argument("--caption-supervised", action="store_true", help="train with the attribute words spliced in")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--visual-blocks",
+        type=int,
+        default=0,
+        help="also train V's last K transformer blocks and projection (not the method: it\n"
+        "makes up for a stand-in CLIP that knows too little shape); default 0",
+    )
+    p.add_argument("--visual-lr", type=float, default=2e-3, help="learning rate of --visual-blocks' weights")
+    args = p.parse_args(argv)
+    if args.visual_blocks < 0:
+        p.error(f"--visual-blocks must be >= 0, got {args.visual_blocks}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -91,8 +103,15 @@ def main(argv=None) -> None:
         encoder.init_prompt_from_text()
     else:  # a duet encoder (its visual prompts loaded): continue training it, P_L included
         acc.print(f"continuing the duet encoder {args.init}")
-    params = encoder.set_trainable("duet")
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    method = encoder.set_trainable("duet")
+    try:
+        params = encoder.set_trainable("duet", visual_blocks=args.visual_blocks)
+    except ValueError as e:
+        raise SystemExit(f"train_duet.py: error: --visual-blocks: {e}") from None
+    param_groups = [{"params": params[: len(method)], "lr": args.lr}]
+    if len(params) > len(method):
+        param_groups.append({"params": params[len(method) :], "lr": args.visual_lr})
+    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:

@@ -62,8 +62,8 @@ def test_visual_prompts_and_patch_tokens(tiny_encoder):
         assert enc.encode_image(torch.rand(1, 3, 64, 64)).shape == (1, 32)
 
 
-def _step_and_diff(enc, mode):
-    params = enc.set_trainable(mode)
+def _step_and_diff(enc, mode, **kwargs):
+    params = enc.set_trainable(mode, **kwargs)
     before = {k: v.detach().clone() for k, v in enc.named_parameters()}
     opt = torch.optim.SGD(params, lr=0.5)
     x = torch.rand(4, 3, 32, 32)
@@ -89,6 +89,20 @@ def test_duet_mode_keeps_text_encoder_frozen(tiny_encoder):
     assert {"prompt_tokens", "mapper.0.weight", "visual_prompts"} <= changed
     assert not any(k.startswith(("clip.transformer", "clip.token_embedding", "clip.ln_final")) for k in changed)
     assert "clip.text_projection" not in changed and "clip.visual.conv1.weight" not in changed
+
+
+def test_visual_blocks_train_the_last_blocks_of_v_and_nothing_of_the_text_tower(tiny_encoder):
+    n = len(tiny_encoder.clip.visual.transformer.resblocks)
+    method = set(_step_and_diff(tiny_encoder, "duet"))
+    changed = _step_and_diff(tiny_encoder, "duet", visual_blocks=1)
+    last = f"clip.visual.transformer.resblocks.{n - 1}."
+    assert {last + "attn.in_proj_weight", last + "mlp.c_fc.weight", "clip.visual.proj"} <= changed
+    assert changed - method == {k for k in changed if k.startswith(last) and ".ln_" not in k} | {"clip.visual.proj"}
+    assert not any(k.startswith(("clip.transformer", "clip.token_embedding", "clip.ln_final")) for k in changed)
+    assert "clip.visual.transformer.resblocks.0.attn.in_proj_weight" not in changed
+    for bad, mode in ((n + 1, "duet"), (-1, "duet"), (1, "all")):
+        with pytest.raises(ValueError, match="visual_blocks"):
+            tiny_encoder.set_trainable(mode, visual_blocks=bad)
 
 
 def test_batch_with_different_word_lengths_matches_single(tiny_encoder):

@@ -180,3 +180,29 @@ def test_stage2_continues_a_duet_encoder_with_its_prompts(stage1):
     fresh = duetgen.load_encoder(first / "encoder")
     fresh.init_prompt_from_text()
     assert not torch.equal(fresh.prompt_tokens, a.prompt_tokens)  # stage 2 moved P_L: a reset would show
+
+
+def test_stage2_visual_blocks_train_v_s_last_blocks_at_their_own_rate(stage1):
+    """--visual-blocks 1 --visual-lr 0.05 with --lr 0: only V's last transformer block and projection move."""
+    import duetgen
+
+    tmp, cache, s1 = stage1
+    common = ["--steps", "1", "--groups-per-batch", "4", "--groups", "12", "--cache", str(cache), "--eval-every", "1",
+              "--eval-queries", "4", "--log-every", "1", "--warmup", "1", "--lr", "0"]  # fmt: skip
+    base = tmp / "duet_base"
+    _run("train_duet.py", "--init", str(s1 / "encoder"), "--out", str(base), *common)
+    out = tmp / "duet_vb"
+    _run("train_duet.py", "--init", str(base / "encoder"), "--out", str(out), "--visual-blocks", "1",
+         "--visual-lr", "0.05", *common)  # fmt: skip
+    enc = duetgen.load_encoder(base / "encoder")
+    a, b = enc.state_dict(), duetgen.load_encoder(out / "encoder").state_dict()
+    last = f"clip.visual.transformer.resblocks.{len(enc.clip.visual.transformer.resblocks) - 1}."
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert last + "attn.in_proj_weight" in changed and "clip.visual.proj" in changed
+    assert all(k.startswith(last) or k == "clip.visual.proj" for k in changed), changed
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / "train_duet.py"), "--init", str(s1 / "encoder"),
+                        "--out", str(tmp / "bad_vb"), "--visual-blocks", "99", "--cache", str(cache),
+                        "--groups", "12"],
+                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert r.returncode != 0 and "--visual-blocks" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
