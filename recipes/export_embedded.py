@@ -2,9 +2,11 @@
 """Installs a trained DuetGenPipeline folder as the embedded default (``duetgen/embedded/pipeline``).
 
 Checks that it loads, that every weight file is fp16 safetensors (no pickles), and that everything shipped
-(pipeline + evaluator) stays under the 40 MB budget; swaps the folder in atomically.
+(pipeline + evaluator) stays under the 40 MB budget, all before anything is replaced; then swaps the folder in
+atomically. ``--encoder`` installs the pipeline with another ComposedQueryEncoder in place of its own (saved as fp16):
+the generator was trained on one encoder, and a later duet stage refined it (``recipes/train_embedded.sh``).
 
-    python recipes/export_embedded.py runs/generator/pipeline
+    python recipes/export_embedded.py runs/generator/pipeline [--encoder runs/stage2b/encoder]
 """
 
 from __future__ import annotations
@@ -25,35 +27,56 @@ from duetgen.pipelines import load_pipeline
 BUDGET_MB = 40.0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("pipeline", help="pipeline folder written by recipes/train_generator.py")
-    args = p.parse_args(argv)
-    src = Path(args.pipeline)
-    load_pipeline(src)  # refuses pickles, unknown configs, missing parts
-    for f in src.rglob("*"):
+def _problem(folder: Path) -> str | None:
+    """Why ``folder`` must not be shipped, or None."""
+    for f in folder.rglob("*"):
         if f.is_file() and f.suffix not in (".json", ".safetensors", ".txt"):
-            sys.exit(f"refusing to ship {f}: only json and safetensors files belong in the embedded model")
+            return f"refusing to ship {f}: only json and safetensors files belong in the embedded model"
         if f.suffix == ".safetensors":
             with safe_open(str(f), "pt") as st:
                 dtypes = {str(st.get_slice(k).get_dtype()) for k in st.keys()}
             if dtypes - {"F16", "I64"}:
-                sys.exit(f"{f} holds {dtypes}; ship fp16 weights (the training recipe saves them so)")
-    tmp = PIPELINE_DIR.with_name(".pipeline.tmp")
+                return f"{f} holds {dtypes}; ship fp16 weights (the training recipe saves them so)"
+    return None
+
+
+def _mb(files) -> float:
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("pipeline", help="pipeline folder written by recipes/train_generator.py")
+    p.add_argument("--encoder", default=None, help="install this encoder folder in place of the pipeline's own")
+    p.add_argument("--dest", default=str(PIPELINE_DIR), help="where to install (default: the embedded pipeline)")
+    args = p.parse_args(argv)
+    src, dest = Path(args.pipeline), Path(args.dest)
+    load_pipeline(src)  # refuses pickles, unknown configs, missing parts
+    tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    old = PIPELINE_DIR.with_name(".pipeline.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if PIPELINE_DIR.exists():
-        os.replace(PIPELINE_DIR, old)
-    os.replace(tmp, PIPELINE_DIR)
-    shutil.rmtree(old, ignore_errors=True)
-    total = sum(f.stat().st_size for f in EMBEDDED_DIR.rglob("*.safetensors")) / 1e6
-    print(json.dumps({"installed": str(PIPELINE_DIR), "shipped_weights_mb": round(total, 1)}))
-    if total > BUDGET_MB:
-        print(f"warning: shipped weights {total:.1f} MB exceed the {BUDGET_MB} MB budget", file=sys.stderr)
+    if args.encoder is not None:
+        encoder = duetgen.load_encoder(args.encoder).half()
+        shutil.rmtree(tmp / "encoder")
+        encoder.save_pretrained(str(tmp / "encoder"))
+        load_pipeline(tmp)
+    others = [f for f in EMBEDDED_DIR.rglob("*.safetensors") if not {PIPELINE_DIR, dest, tmp} & set(f.parents)]
+    total = _mb(tmp.rglob("*.safetensors")) + _mb(others)
+    problem = _problem(tmp)
+    if problem is None and total > BUDGET_MB:
+        problem = f"shipped weights would be {total:.1f} MB, over the {BUDGET_MB} MB budget"
+    if problem is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"export_embedded.py: error: {problem}; nothing was installed", file=sys.stderr)
         return 1
-    duetgen.load_encoder()
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    duetgen.load_encoder(dest / "encoder")
+    print(json.dumps({"installed": str(dest), "shipped_weights_mb": round(total, 1)}))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -398,3 +399,46 @@ def test_scene_retrieval_verified_by_objects_with_the_embedded_encoder(tmp_path)
     words, sketch = res["sketch+words"], res["sketch"]
     assert words["map_verified"] >= 0.75 and words["map_verified"] >= 3 * words["map_regions"], words
     assert sketch["map_verified"] >= 0.75 and sketch["map_verified"] >= 2 * sketch["map_regions"], sketch
+
+
+def _to_fp16(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    for f in folder.rglob("*.safetensors"):
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(f).items()}, f)
+
+
+def test_export_embedded_installs_a_replacement_encoder_and_refuses_bad_pipelines(
+    tiny_pipe_dir, tmp_path, capsys, monkeypatch
+):
+    """export_embedded.py checks everything before it replaces anything: an fp32 pipeline leaves the installed one as
+    it was; ``--encoder`` installs another encoder's weights (as fp16) in the pipeline's place."""
+    import duetgen
+    from duetgen.pipelines import load_pipeline
+
+    ex = load_recipe("export_embedded")
+    dest = tmp_path / "installed"
+    dest.mkdir()
+    (dest / "model_index.json").write_text("{}")  # stands for the pipeline installed before
+    assert ex.main([str(tiny_pipe_dir), "--dest", str(dest)]) == 1  # the tiny pipeline is saved in float32
+    assert "fp16" in capsys.readouterr().err and (dest / "model_index.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["installed"]  # no temp folder left behind
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copytree(tiny_pipe_dir, src, dirs_exist_ok=True)
+    _to_fp16(src)
+    monkeypatch.setattr(ex, "BUDGET_MB", 0.01)
+    assert ex.main([str(src), "--dest", str(dest)]) == 1
+    assert "budget" in capsys.readouterr().err and (dest / "model_index.json").read_text() == "{}"
+    monkeypatch.undo()
+    other = duetgen.load_encoder(tiny_pipe_dir / "encoder")
+    with torch.no_grad():
+        other.visual_prompts.add_(1.0)  # a refined encoder: the same architecture, other weights
+    other.save_pretrained(str(tmp_path / "refined"))  # float32: the recipe converts it
+    assert ex.main([str(src), "--encoder", str(tmp_path / "refined"), "--dest", str(dest)]) == 0
+    installed = load_pipeline(dest).encoder.visual_prompts.float()
+    assert torch.allclose(installed, other.visual_prompts.half().float())
+    assert not torch.allclose(installed, load_pipeline(src).encoder.visual_prompts.float())
+    assert ex._problem(dest) is None  # every shipped file fp16 safetensors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["installed", "refined", "src"]
