@@ -192,6 +192,8 @@ SPLIT_SATURATION, SPLIT_VALUE = 0.3, 0.2  # pixels with a reliable hue
 WORDS_WEIGHT = 0.3  # weight of log(P(words) / WORDS_FREE) below 0 (scene mAP with a colour word, seeds 0 / 1:
 # 0.823 / 0.826 at 0.3, 0.823 / 0.828 at 0.1, 0.822 / 0.825 at 1; 0.799 / 0.795 for 0.03 x log P unclipped)
 WORDS_FREE = 0.5  # an object the words describe with at least this probability pays nothing for them
+WORDS_FLOOR = 0.01  # ... and one they describe with less pays as if it were this: an object surely not striped and
+# one very surely not striped pay the same for "with stripes" (without it, how tiny P was outranked the colour)
 READ_TEMPERATURE = 0.03  # softmax temperature of the zero-shot attribute reading of an object crop
 SCENE_NOISE = 6.0  # scene_foreground: the low threshold in units of the backdrop's variation
 SCENE_FLOOR = 10.0  # ... and at least this far from the background colour (RGB units)
@@ -504,7 +506,8 @@ class SceneVerifier:
     what the query's words say (the ``words`` of :meth:`rerank`):
 
     * world attribute words ("red", "blue with dots"; :func:`duetgen.transfer.parse_attribute_words` reads them
-      all): for each attribute they name, ``WORDS_WEIGHT x min(0, log(P(that attribute | object) / WORDS_FREE))``,
+      all): for each attribute they name, ``WORDS_WEIGHT x min(0, log(max(P, WORDS_FLOOR) / WORDS_FREE))`` with
+      P = P(that attribute | object),
       read zero-shot from the object crop's embedding against the 128 attribute phrases (softmax at
       ``READ_TEMPERATURE``; the probability sums over every phrase that agrees with the attribute). An object the
       words more likely describe than not pays nothing, so among objects of the asked colour shape alone ranks; how
@@ -603,7 +606,8 @@ class SceneVerifier:
                 if log_probs is None:  # read once per scene, whatever the query's words
                     log_probs = self._reads[h.path] = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, dim=1)
                 ratio = torch.stack([log_probs[:, a].logsumexp(1) for a in agree]) - math.log(WORDS_FREE)  # (A, M)
-                scores = self.weight * shape + WORDS_WEIGHT * ratio.clamp_max(0).sum(0)
+                cost = ratio.clamp(math.log(WORDS_FLOOR / WORDS_FREE), 0)
+                scores = self.weight * shape + WORDS_WEIGHT * cost.sum(0)
             elif alone:
                 scores = self.weight * shape
             else:

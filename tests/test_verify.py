@@ -79,8 +79,9 @@ def test_rerank_puts_the_photo_that_fills_the_sketch_first(tmp_path):
 
 @pytest.mark.skipif(not embedded_present(), reason="needs the shipped embedded model")
 def test_verified_search_finds_the_right_photo_on_the_twin_benchmark(tmp_path):
-    """The semantic check: on held-out twin groups, verification lifts sketch + words Acc@1 well above the composed
-    query alone (0.59 -> 0.98 on the 150-query benchmark)."""
+    """The semantic check: on held-out twin groups, verification lifts sketch + words Acc@1 above the composed query
+    alone (0.860 -> 0.993 on the 150-query benchmark; on these 30: 0.933 -> 1.000; the encoder before stage 2b:
+    0.59 -> 0.98)."""
     import duetgen
     from duetgen.world_benchmark import build_twin_benchmark
     from duetgen.world_dataset import to_float
@@ -104,7 +105,7 @@ def test_verified_search_finds_the_right_photo_on_the_twin_benchmark(tmp_path):
             np.mean([index[os.path.realpath(hs[0].path)] == t for hs, t in zip(hits, bench.target, strict=True)])
         )
 
-    assert acc(verified) >= 0.85 and acc(verified) > acc(plain) + 0.15
+    assert acc(verified) >= 0.95 and acc(verified) > acc(plain)
     assert all(hs[0].iou is not None for hs in verified)
     one = gallery.search(q[0], k=2, verify_sketches=sketches[0])  # a single query and its single sketch
     assert len(one) == 2 and one[0].path == verified[0][0].path
@@ -395,8 +396,9 @@ def test_scene_foreground_keeps_a_pale_object_beside_a_bold_one_and_drops_a_shad
 def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
     """Two scenes hold a star and a heart in swapped colours: a star sketch with "red" finds the scene whose star
     is red, with "blue" the other; the score is shape + WORDS_WEIGHT x min(0, log(P(colour | object crop) /
-    WORDS_FREE)): the star of the asked colour pays nothing for the words, the other scene's best object does.
-    Words naming two attributes pay for each apart."""
+    WORDS_FREE)), the log floored at log(WORDS_FLOOR / WORDS_FREE): the star of the asked colour pays nothing for
+    the words, the other scene's best object does. Words naming two attributes pay for each apart, each at most the
+    floor, so a solid red star and a solid blue star pay the same for "with stripes" and the colour decides."""
     import duetgen
     from duetgen import verify
     from duetgen.verify import ANGLES, READ_TEMPERATURE, SceneVerifier, shape_frames, shape_similarity
@@ -428,7 +430,8 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
             shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
             logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
             ratio = logp[:, agree].logsumexp(1) - math.log(verify.WORDS_FREE)
-            assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * ratio.clamp_max(0)).max())) < 1e-4
+            cost = ratio.clamp(math.log(verify.WORDS_FLOOR / verify.WORDS_FREE), 0)
+            assert abs(hit.score - float((shape + verify.WORDS_WEIGHT * cost).max())) < 1e-4
             star = int(shape.argmax())
             if hit is top[0]:  # its star is read as the asked colour (P >= WORDS_FREE): it pays nothing
                 assert ratio[star] >= 0 and abs(hit.score - float(shape[star])) < 1e-6
@@ -436,13 +439,14 @@ def test_scene_verifier_reads_the_words_colour_from_each_object(tmp_path):
                 assert ratio[star] < math.log(0.1)
     # two attributes: each pays apart (the red star for not being striped only, the blue star for both)
     top = verifier.rerank(hits, query, region, k=2, words="red with stripes")
+    floor = math.log(verify.WORDS_FLOOR / verify.WORDS_FREE)
     assert top[0].path == paths["red_star"], [(h.path, h.score) for h in top]
     for hit in top:
         _, frames, embeds = verifier.objects(hit.path)
         shape = shape_similarity(shape_frames(region[None], ANGLES)[0], frames)
         logp = torch.log_softmax(embeds @ text.T / READ_TEMPERATURE, 1)
         cost = sum(
-            (logp[:, torch.tensor(agree)].logsumexp(1) - math.log(verify.WORDS_FREE)).clamp_max(0)
+            (logp[:, torch.tensor(agree)].logsumexp(1) - math.log(verify.WORDS_FREE)).clamp(floor, 0)
             for agree in ([a.colour == "red" for a in world.ALL_ATTRIBUTES],
                           [a.pattern == "stripes" for a in world.ALL_ATTRIBUTES])
         )  # fmt: skip
