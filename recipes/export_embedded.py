@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 import duetgen
 from duetgen.embedded import EMBEDDED_DIR, PIPELINE_DIR
+from duetgen.errors import DuetgenError
 from duetgen.pipelines import load_pipeline
 
 BUDGET_MB = 40.0
@@ -51,15 +52,23 @@ def main(argv=None) -> int:
     p.add_argument("--dest", default=str(PIPELINE_DIR), help="where to install (default: the embedded pipeline)")
     args = p.parse_args(argv)
     src, dest = Path(args.pipeline), Path(args.dest)
-    load_pipeline(src)  # refuses pickles, unknown configs, missing parts
+    try:  # both load before anything is written: a bad folder is one line, and leaves nothing behind
+        pipe = load_pipeline(src)  # refuses pickles, unknown configs, missing parts
+        encoder = None if args.encoder is None else duetgen.load_encoder(args.encoder).half()
+        if encoder is not None and encoder.config.clip_config != pipe.encoder.config.clip_config:
+            raise DuetgenError(
+                f"--encoder {args.encoder} is not the architecture of the pipeline's own encoder, which its generator "
+                "was trained on; pass an encoder refined from that one (recipes/train_duet.py --init)"
+            )
+    except DuetgenError as e:
+        print(f"export_embedded.py: error: {e}; nothing was installed", file=sys.stderr)
+        return 2
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    if args.encoder is not None:
-        encoder = duetgen.load_encoder(args.encoder).half()
+    if encoder is not None:
         shutil.rmtree(tmp / "encoder")
         encoder.save_pretrained(str(tmp / "encoder"))
-        load_pipeline(tmp)
     others = [f for f in EMBEDDED_DIR.rglob("*.safetensors") if not {PIPELINE_DIR, dest, tmp} & set(f.parents)]
     total = _mb(tmp.rglob("*.safetensors")) + _mb(others)
     problem = _problem(tmp)

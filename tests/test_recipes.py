@@ -442,3 +442,15 @@ def test_export_embedded_installs_a_replacement_encoder_and_refuses_bad_pipeline
     assert not torch.allclose(installed, load_pipeline(src).encoder.visual_prompts.float())
     assert ex._problem(dest) is None  # every shipped file fp16 safetensors
     assert sorted(p.name for p in tmp_path.iterdir()) == ["installed", "refined", "src"]
+
+    # a missing encoder folder, or one of another architecture: one line, exit 2, the installed pipeline untouched
+    from duetgen import ComposedQueryEncoder
+    from duetgen.backbones import get_clip_config
+
+    ComposedQueryEncoder(get_clip_config("duetgen-world"), backbone="duetgen-world").save_pretrained(tmp_path / "big")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "big" not in p.parts)
+    for bad, says in ((tmp_path / "missing", "neither a folder"), (tmp_path / "big", "not the architecture")):
+        assert ex.main([str(src), "--encoder", str(bad), "--dest", str(dest)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "nothing was installed" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "big" not in p.parts) == before
