@@ -3,10 +3,16 @@
 # duetgen/embedded/pipeline. The encoder (stages 1, 2 and 2b) takes about 60 minutes on 2 idle CPU cores, the
 # generator (stage 3) about 210 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
 # Every stage is resumable: rerun the script after a crash.
-#   bash recipes/train_embedded.sh [RUN_DIR]
+#   bash recipes/train_embedded.sh [RUN_DIR] [--encoder-only]
+# --encoder-only stops after stage 2b and benchmarks that encoder; it installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/embedded}
+ENCODER_ONLY=${2:-}
+if [[ -n "$ENCODER_ONLY" && "$ENCODER_ONLY" != "--encoder-only" ]]; then
+  echo "train_embedded.sh: unknown option '$ENCODER_ONLY' (the only option is --encoder-only)" >&2
+  exit 2
+fi
 CACHE=$RUN/cache/world_train_64.npz
 mkdir -p "$RUN"
 # stage 1: the CLIP stand-in, a ViT with a convolutional stem (duetgen-world-cs), half of each batch in twin groups
@@ -20,6 +26,10 @@ python recipes/train_duet.py --init "$RUN/stage1/encoder" --out "$RUN/stage2" --
 # installed with this one (export_embedded.py --encoder): it was trained so, and it draws as well with either.
 python recipes/train_duet.py --init "$RUN/stage2/encoder" --out "$RUN/stage2b" --cache "$CACHE" --steps 400 \
   --groups-per-batch 32 --lr 2e-3 --eval-every 400 --caption-supervised --visual-blocks 4 --visual-lr 2e-3 --resume
+if [[ -n "$ENCODER_ONLY" ]]; then
+  python benchmarks/bench_world_duet.py --model "$RUN/stage2b/encoder"
+  exit 0
+fi
 # stage 3: the generator, L_rec with the encoder frozen (v-prediction, Min-SNR-5 weighting, sketch region channel,
 # cross-attention to the composed query's token states, 32 channels at full resolution): 2,400 steps from scratch,
 # then 1,600 more at a lower learning rate from those weights
