@@ -454,3 +454,44 @@ def test_export_embedded_installs_a_replacement_encoder_and_refuses_bad_pipeline
         err = capsys.readouterr().err
         assert says in err and "nothing was installed" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "big" not in p.parts) == before
+
+
+def _script_commands(script: Path) -> list[list[str]]:
+    """The ``python recipes/NAME.py ...`` commands of a bash recipe, continuation lines joined, comments dropped."""
+    import shlex
+
+    text = "\n".join(line.split(" #")[0] for line in script.read_text().splitlines() if not line.startswith("#"))
+    cmds = []
+    for line in text.replace("\\\n", " ").splitlines():
+        words = shlex.split(line)
+        if len(words) >= 2 and words[0] == "python" and words[1].startswith("recipes/"):
+            cmds.append(words[1:])
+    return cmds
+
+
+def test_train_embedded_script_commands_parse_and_chain(tmp_path):
+    """Every command of recipes/train_embedded.sh parses with its recipe's own argument parser (a renamed flag fails
+    here, not an hour into a retrain), each stage starts from what the one before wrote, and a bad option is a
+    one-line error before anything runs."""
+    from duetgen.embedded import PIPELINE_DIR
+
+    script = RECIPES / "train_embedded.sh"
+    cmds = _script_commands(script)
+    names = [Path(c[0]).stem for c in cmds]
+    assert names == ["train_world_clip", "train_duet", "train_duet", *["train_generator"] * 7, "export_embedded"]
+    run = tmp_path / "run"
+    outs = {}
+    for cmd in cmds[:-1]:
+        argv = [a.replace("$RUN", str(run)) for a in cmd[1:]]
+        inits = [argv[i + 1] for i, a in enumerate(argv) if a in ("--init", "--encoder")]
+        assert all(i.replace(str(run) + "/", "").split("/")[0] in outs.values() for i in inits), (cmd, outs)
+        if Path(cmd[0]).stem == "train_generator" and "--init" in argv:  # the parser checks the folder exists
+            argv[argv.index("--init") + 1] = str(PIPELINE_DIR)
+        args = load_recipe(Path(cmd[0]).stem).parse_args(argv)
+        outs[len(outs)] = Path(args.out).name
+        assert "--resume" in argv  # rerunning the script after a crash continues every stage
+    assert outs[2] == "stage2b" and cmds[-1][1:] == ["$RUN/generator7/pipeline", "--encoder", "$RUN/stage2b/encoder"]
+
+    r = subprocess.run(["bash", str(script), str(run), "--bogus"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not run.exists()
