@@ -26,6 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_generation_fidelity as fidelity  # noqa: E402
 
+from duetgen.errors import run_script  # noqa: E402
 from duetgen.evaluator import load_evaluator, mask_iou  # noqa: E402
 from duetgen.transfer import photo_silhouette  # noqa: E402
 from duetgen.verify import sketch_regions  # noqa: E402
@@ -92,4 +93,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_best_of")

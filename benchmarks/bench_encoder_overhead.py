@@ -19,6 +19,7 @@ import torch
 
 from duetgen import ComposedQueryEncoder
 from duetgen.backbones import get_backbone, get_clip_config
+from duetgen.errors import run_script
 
 
 def bench(name: str, repeats: int, words: str) -> dict:
@@ -73,4 +74,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_encoder_overhead")

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from duetgen import world
+from duetgen.errors import run_script
 from duetgen.evaluator import HEADS, load_evaluator, summarise
 from duetgen.pipelines import resolve_unet_dtype
 
@@ -262,4 +263,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_generation_fidelity")

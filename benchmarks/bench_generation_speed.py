@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from duetgen.errors import run_script
 from duetgen.generator import gate_pattern_masks, has_pattern_masks, spatial_condition
 from duetgen.pipelines.pipeline_duetgen import _trace_unet
 
@@ -234,4 +235,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_generation_speed")

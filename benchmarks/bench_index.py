@@ -36,6 +36,7 @@ import duetgen
 from duetgen import world
 from duetgen.backbones import get_clip_config
 from duetgen.embedded import ENCODER_DIR
+from duetgen.errors import run_script
 from duetgen.gallery import Gallery, decode_image
 from duetgen.index import VectorIndex, exact_search, probe_queries, recall_at_k
 
@@ -252,4 +253,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_index")

@@ -35,6 +35,7 @@ from torch import nn
 from duetgen import world
 from duetgen import world_dataset as wd
 from duetgen.backbones import build_clip, get_clip_config
+from duetgen.errors import run_script
 
 MEAN = torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1)
 STD = torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1)
@@ -132,4 +133,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_shape_learnability")

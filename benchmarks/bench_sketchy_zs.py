@@ -224,4 +224,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from duetgen.errors import run_script
+
+    run_script(main, "bench_sketchy_zs")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import duetgen
+from duetgen.errors import run_script
 from duetgen.world_benchmark import build_twin_benchmark, evaluate_twin_benchmark
 from duetgen.world_dataset import to_float
 
@@ -117,8 +118,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     shapes = tuple(s for s in args.shapes.split(",") if s) or None
     t0 = time.time()
+    encoder = duetgen.load_encoder(args.model)  # a bad --model fails before the gallery is rendered
     bench = build_twin_benchmark(args.queries, shapes=shapes)
-    encoder = duetgen.load_encoder(args.model)
     res = evaluate_twin_benchmark(encoder, bench)
     if args.verify:
         import tempfile
@@ -144,4 +145,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_world_duet")

@@ -26,6 +26,7 @@ import torch
 
 import duetgen
 from duetgen import world
+from duetgen.errors import run_script
 from duetgen.world_benchmark import BENCHMARK_SEED, build_twin_benchmark
 from duetgen.world_dataset import to_float
 
@@ -147,4 +148,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_world_probe")

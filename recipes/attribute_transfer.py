@@ -74,7 +74,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from duetgen import limits, load_sketch, world
-from duetgen.errors import DuetgenError, WeightsUnavailableError
+from duetgen.errors import DuetgenError, WeightsUnavailableError, run_script
 from duetgen.gallery import Gallery
 from duetgen.pipelines import candidate_generators, load_pipeline, prompts_per_call
 from duetgen.transfer import photo_tensor, transfer_query
@@ -636,4 +636,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "attribute_transfer")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import duetgen
+from duetgen.errors import run_script
 from duetgen.gallery import GalleryBuilder
 
 
@@ -88,4 +89,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "build_gallery")

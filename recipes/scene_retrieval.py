@@ -36,6 +36,7 @@ from PIL import Image
 
 import duetgen
 from duetgen import world
+from duetgen.errors import run_script
 from duetgen.gallery import Gallery
 from duetgen.metrics import map_at_all
 from duetgen.scene_retrieval import RegionConfig
@@ -253,4 +254,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "scene_retrieval")

@@ -31,6 +31,7 @@ import duetgen
 from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.duet_losses import DuetLossConfig, duet_losses
+from duetgen.errors import run_script
 from duetgen.world_benchmark import build_twin_benchmark, evaluate_twin_benchmark
 
 
@@ -74,6 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # a bad --init or --visual-blocks fails here, before anything is written or rendered (and before set_seed, so the
+    # run's random numbers are the same with or without this check)
+    checked = duetgen.load_encoder(args.init)
+    try:
+        checked.set_trainable("duet", visual_blocks=args.visual_blocks)
+    except ValueError as e:
+        raise SystemExit(f"train_duet: error: --visual-blocks: {e}") from None
+    del checked
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -104,10 +113,7 @@ def main(argv=None) -> None:
     else:  # a duet encoder (its visual prompts loaded): continue training it, P_L included
         acc.print(f"continuing the duet encoder {args.init}")
     method = encoder.set_trainable("duet")
-    try:
-        params = encoder.set_trainable("duet", visual_blocks=args.visual_blocks)
-    except ValueError as e:
-        raise SystemExit(f"train_duet.py: error: --visual-blocks: {e}") from None
+    params = encoder.set_trainable("duet", visual_blocks=args.visual_blocks)
     param_groups = [{"params": params[: len(method)], "lr": args.lr}]
     if len(params) > len(method):
         param_groups.append({"params": params[len(method) :], "lr": args.visual_lr})
@@ -172,4 +178,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "train_duet")

@@ -45,6 +45,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from duetgen import world
+from duetgen.errors import run_script
 from duetgen.evaluator import EVALUATOR_DIR, HEADS, WorldEvaluator, instance_mask, mask_iou
 
 logger = logging.getLogger("train_evaluator")
@@ -326,4 +327,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "train_evaluator")

@@ -32,6 +32,7 @@ from duetgen import world_dataset as wd
 from duetgen.atomic import load_training_state, save_training_state, truncate_log
 from duetgen.backbones import get_clip_config
 from duetgen.duet_losses import clip_contrastive_loss
+from duetgen.errors import run_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -205,4 +206,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "train_world_clip")

@@ -495,3 +495,21 @@ def test_train_embedded_script_commands_parse_and_chain(tmp_path):
     r = subprocess.run(["bash", str(script), str(run), "--bogus"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not run.exists()
+
+
+def test_benchmarks_name_a_bad_model_in_one_line(tmp_path):
+    """A benchmark given a model folder that does not exist says so in one line (exit 2), not with a traceback."""
+    scripts = ["bench_world_duet", "bench_scene_verify", "bench_generation_fidelity", "bench_generation_speed"]
+    bad = str(tmp_path / "no_such_model")
+
+    def start(s: str) -> subprocess.Popen:
+        out = str(tmp_path / f"{s}.json")
+        cmd = [sys.executable, str(REPO / "benchmarks" / f"{s}.py"), "--model", bad, "--out", out]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+    procs = {s: start(s) for s in scripts}  # side by side: each spends its time importing torch
+    for s, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (s, err[-2000:])
+        assert err.startswith(f"{s}: error: ") and bad in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())  # nothing written

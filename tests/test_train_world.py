@@ -206,3 +206,9 @@ def test_stage2_visual_blocks_train_v_s_last_blocks_at_their_own_rate(stage1):
                        capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert r.returncode != 0 and "--visual-blocks" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp / "bad_vb").exists()  # refused before the run folder is made
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / "train_duet.py"), "--init", str(tmp / "no_such"),
+                        "--out", str(tmp / "bad_init"), "--cache", str(cache), "--groups", "12"],
+                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("train_duet: error: model ") and "no_such" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp / "bad_init").exists(), r.stderr
