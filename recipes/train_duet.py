@@ -108,10 +108,11 @@ def main(argv=None) -> None:
     encoder = duetgen.ComposedQueryEncoder(**cfg)
     missing, unexpected = encoder.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("visual_prompts") for k in missing), (missing, unexpected)
-    if missing:  # a stage-1 encoder: the learned prompt P_L starts from the handcrafted prompt's embedding
+    if missing:  # an encoder without visual prompts: the learned prompt P_L starts from the handcrafted prompt's
+        # embedding (train_world_clip.py saves its stage-1 encoders with P_L so initialised)
         encoder.init_prompt_from_text()
-    else:  # a duet encoder (its visual prompts loaded): continue training it, P_L included
-        acc.print(f"continuing the duet encoder {args.init}")
+    else:
+        acc.print(f"starting from {args.init} with its visual prompts and P_L")
     method = encoder.set_trainable("duet")
     params = encoder.set_trainable("duet", visual_blocks=args.visual_blocks)
     param_groups = [{"params": params[: len(method)], "lr": args.lr}]

@@ -201,6 +201,9 @@ def main(argv=None) -> None:
             save_training_state(acc, state_dir, step + 1)  # temp folder + atomic swap: a kill never tears it
     acc.wait_for_everyone()
     if acc.is_main_process:
+        # stage 1 trains CLIP, not the method's parameters: P_L is saved at its CoOp initialisation, the handcrafted
+        # prompt's word embeddings in the trained vocabulary, which is where stage 2 starts it
+        model.init_prompt_from_text()
         model.save_pretrained(str(out / "encoder"))
         acc.print(f"saved {out / 'encoder'} after {time.time() - t0:.0f} s")
 

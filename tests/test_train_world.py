@@ -36,6 +36,12 @@ def test_stage1_two_steps_resume_and_save(stage1):
     assert steps == [0, 1, 2]  # the resumed run continued at step 2, not from 0
     assert (out / "encoder" / "config.json").is_file() and (out / "args.json").is_file()
     assert cache.is_file() and cache.with_suffix(".json").is_file()
+    import duetgen
+
+    enc = duetgen.load_encoder(out / "encoder")  # P_L saved at its CoOp initialisation, where stage 2 starts it
+    saved = enc.prompt_tokens.detach().clone()
+    enc.init_prompt_from_text()
+    assert torch.equal(saved, enc.prompt_tokens)
 
 
 @pytest.mark.parametrize("extra", [[], ["--caption-supervised", "--w-rt", "0", "--w-comp", "0"]])
@@ -164,7 +170,7 @@ def test_stage1_label_term_is_logged_and_trains(stage1):
 
 
 def test_stage2_continues_a_duet_encoder_with_its_prompts(stage1):
-    """--init with a stage-2 encoder keeps its learned prompt P_L and visual prompts (a stage-1 init resets P_L)."""
+    """--init with a stage-2 encoder keeps its learned prompt P_L and visual prompts: nothing is reset."""
     import duetgen
 
     tmp, cache, s1 = stage1
@@ -174,7 +180,7 @@ def test_stage2_continues_a_duet_encoder_with_its_prompts(stage1):
     _run("train_duet.py", "--init", str(s1 / "encoder"), "--out", str(first), "--lr", "0.05", *common)
     more = tmp / "duet_more"
     r = _run("train_duet.py", "--init", str(first / "encoder"), "--out", str(more), "--lr", "0", *common)
-    assert "continuing the duet encoder" in r.stdout
+    assert f"starting from {first / 'encoder'} with its visual prompts and P_L" in r.stdout
     a, b = duetgen.load_encoder(first / "encoder"), duetgen.load_encoder(more / "encoder")
     assert torch.equal(a.prompt_tokens, b.prompt_tokens) and torch.equal(a.visual_prompts, b.visual_prompts)
     fresh = duetgen.load_encoder(first / "encoder")
