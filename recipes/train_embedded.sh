@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrains the embedded default model from scratch on the procedural world, then installs it into
-# duetgen/embedded/pipeline. The encoder (stages 1, 2 and 2b) takes about 60 minutes on 2 idle CPU cores, the
+# duetgen/embedded/pipeline. The encoder (stages 1, 2 and 2b) takes 48 to 60 minutes on 2 idle CPU cores, the
 # generator (stage 3) about 210 more (bf16 autocast; drop --mixed-precision bf16 on CPUs without AVX512-BF16 or AMX).
 # Every stage is resumable: rerun the script after a crash.
 #   bash recipes/train_embedded.sh [RUN_DIR] [--encoder-only]
