@@ -61,13 +61,14 @@ def main(argv=None) -> int:
                 "was trained on; pass an encoder refined from that one (recipes/train_duet.py --init)"
             )
     except DuetgenError as e:
-        print(f"export_embedded.py: error: {e}; nothing was installed", file=sys.stderr)
+        print(f"export_embedded: error: {e}; nothing was installed", file=sys.stderr)
         return 2
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     if encoder is not None:
         shutil.rmtree(tmp / "encoder")
+        encoder.register_to_config(_name_or_path=str(dest / "encoder"))  # where it is installed, not the run folder
         encoder.save_pretrained(str(tmp / "encoder"))
     others = [f for f in EMBEDDED_DIR.rglob("*.safetensors") if not {PIPELINE_DIR, dest, tmp} & set(f.parents)]
     total = _mb(tmp.rglob("*.safetensors")) + _mb(others)
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         problem = f"shipped weights would be {total:.1f} MB, over the {BUDGET_MB} MB budget"
     if problem is not None:
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"export_embedded.py: error: {problem}; nothing was installed", file=sys.stderr)
+        print(f"export_embedded: error: {problem}; nothing was installed", file=sys.stderr)
         return 1
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -441,6 +441,7 @@ def test_export_embedded_installs_a_replacement_encoder_and_refuses_bad_pipeline
     assert torch.allclose(installed, other.visual_prompts.half().float())
     assert not torch.allclose(installed, load_pipeline(src).encoder.visual_prompts.float())
     assert ex._problem(dest) is None  # every shipped file fp16 safetensors
+    assert json.loads((dest / "encoder" / "config.json").read_text())["_name_or_path"] == str(dest / "encoder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["installed", "refined", "src"]
 
     # a missing encoder folder, or one of another architecture: one line, exit 2, the installed pipeline untouched
